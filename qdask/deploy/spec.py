@@ -1,0 +1,62 @@
+"""One builder for what qdask adds to schedulers and workers.
+
+Used alike by :class:`~qdask.deploy.cluster.QuantumCluster`, the
+``qdask.plugins.*`` preloads for the ``dask`` CLI and the MPI launcher, so
+that every way of starting a cluster installs the same plugins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from qdask.config import ClusterConfig, HybridConfig
+from qdask.scheduler.plugin import QuantumSchedulerPlugin
+from qdask.worker.discovery import usable_cores
+from qdask.worker.plugin import QuantumWorkerPlugin
+
+
+def scheduler_plugins() -> list[QuantumSchedulerPlugin]:
+    """Scheduler plugins of a qdask cluster."""
+    return [QuantumSchedulerPlugin()]
+
+
+def worker_plugins(role: str = "quantum") -> list[QuantumWorkerPlugin]:
+    """Worker plugins for a worker of ``role`` ("quantum" or "classical")."""
+    return [QuantumWorkerPlugin(role=role)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How many workers of each role, with threads and memory each."""
+
+    quantum: int
+    classical: int
+    threads_per_node: int
+    memory_per_node: int
+
+    @property
+    def total(self) -> int:
+        return self.quantum + self.classical
+
+
+def layout(config: ClusterConfig, hybrid: HybridConfig | None = None) -> Layout:
+    """Resolve "auto" values of the configs into a concrete worker layout.
+
+    ``num_nodes="auto"`` means one single-threaded worker per usable core;
+    ``quantum_devices="auto"`` makes every worker a quantum worker. A
+    :class:`HybridConfig` overrides both with its explicit group sizes.
+    """
+    if hybrid is not None:
+        quantum, classical = hybrid.quantum_nodes, hybrid.classical_nodes
+    else:
+        n = usable_cores() if config.num_nodes == "auto" else int(config.num_nodes)
+        quantum = n if config.quantum_devices == "auto" else int(config.quantum_devices)
+        classical = n - quantum
+    total = quantum + classical
+    if config.memory_per_node == "auto":
+        memory = int(psutil.virtual_memory().total / max(total, 1))
+    else:
+        memory = int(config.memory_per_node)
+    return Layout(quantum, classical, config.threads_per_node, memory)

@@ -1,0 +1,84 @@
+"""The worker plugin that discovers hardware and advertises it to the scheduler."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from distributed import WorkerPlugin
+from distributed.core import Status
+
+from qdask.worker.discovery import Capabilities, discover
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+logger = logging.getLogger(__name__)
+
+#: Topic of the event a worker sends when its capabilities change after it registered.
+CAPABILITIES_TOPIC = "qdask-capabilities"
+#: Key of the capabilities in the worker's startup information (``WorkerState.extra``).
+STARTUP_KEY = "qdask"
+
+ROLES = ("quantum", "classical")
+
+
+class QuantumWorkerPlugin(WorkerPlugin):
+    """Detect the worker's hardware and advertise it as Dask resources.
+
+    Installed at worker start (``Worker(plugins=...)``, the ``qdask.plugins.worker``
+    preload) the resources are part of the worker's registration, so the first
+    task already sees them. Registered later (``Client.register_plugin``) the
+    worker updates the scheduler with ``Worker.set_resources`` and an event.
+
+    Parameters
+    ----------
+    role : {"quantum", "classical"}, default "quantum"
+        Quantum workers expose ``quantum`` slots and ``statevector_bytes``;
+        classical workers expose neither, so circuits never land there.
+    """
+
+    name = "qdask-worker"
+    idempotent = True
+
+    def __init__(self, role: str = "quantum") -> None:
+        if role not in ROLES:
+            raise ValueError(
+                f"QuantumWorkerPlugin(role={role!r}) is invalid: allowed {ROLES}. "
+                "Fix: QuantumWorkerPlugin(role='quantum')."
+            )
+        self.role = role
+
+    async def setup(self, worker: Worker) -> None:
+        caps = discover(
+            nthreads=worker.state.nthreads,
+            memory_limit=worker.memory_manager.memory_limit,
+            quantum=self.role == "quantum",
+        )
+        worker.qdask_capabilities = caps  # type: ignore[attr-defined]
+        # Resources the user declared explicitly (--resources) win over discovery.
+        declared = worker.state.total_resources
+        resources = {k: v for k, v in caps.resources().items() if k not in declared}
+        if worker.status == Status.init:
+            # Not registered yet: the registration message carries both.
+            for k, v in resources.items():
+                declared[k] = v
+                worker.state.available_resources[k] = v
+            worker.startup_information[STARTUP_KEY] = _startup_info
+        else:
+            if resources:
+                await worker.set_resources(**resources)
+            worker.log_event(CAPABILITIES_TOPIC, {"capabilities": caps.to_dict()})
+        logger.info(
+            "qdask %s worker: %d slot(s), %d-qubit max, qsim %s%s",
+            caps.role,
+            caps.nthreads,
+            caps.max_qubits,
+            caps.qsim_isa,
+            f", {len(caps.gpus)} GPU(s)" if caps.gpus else "",
+        )
+
+
+def _startup_info(worker: Worker) -> dict[str, Any]:
+    caps: Capabilities = worker.qdask_capabilities  # type: ignore[attr-defined]
+    return caps.to_dict()
