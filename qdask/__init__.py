@@ -21,6 +21,8 @@ from qdask.config import (
 )
 from qdask.deploy.cluster import QuantumCluster
 from qdask.quantum.backends import backend_names as backends
+from qdask.quantum.sampler import Sampler
+from qdask.quantum.simulator import Simulator
 
 __version__ = "0.1.0"
 
@@ -34,5 +36,7 @@ __all__ = [
     "MonitoringConfig",
     "MultiGPUConfig",
     "QuantumCluster",
+    "Sampler",
+    "Simulator",
     "backends",
 ]

@@ -41,5 +41,5 @@ def test_dask_cli_entry_point():
 def test_demo_runs_against_a_cluster(cluster2):
     out = _run(["demo", "--address", cluster2.scheduler_address, "--circuits", "20", "--quiet"])
     assert out.returncode == 0, out.stderr
-    assert "20 circuits" in out.stdout
+    assert "20 circuits" in out.stdout and "backends: " in out.stdout
     assert "dashboard: http://127.0.0.1:" in out.stdout

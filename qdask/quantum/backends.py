@@ -12,7 +12,8 @@ much memory; ``choose`` picks one automatically:
 * Clifford circuits without noise, sampled -> ``stim`` (polynomial, any width);
 * exact noisy state (density matrix) small enough -> ``density-matrix``;
 * circuits with noise channels -> ``qsim-trajectories``;
-* everything else -> ``qsim`` (state vector).
+* everything else -> ``qsim`` (state vector), or ``qsim-gpu`` from
+  ``qdask.gpu.min-qubits`` qubits on where a worker offers it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+from dask.utils import format_bytes
 
 from qdask import config
 from qdask.worker.discovery import statevector_bytes
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import cirq
 
     from qdask.quantum.analysis import CircuitInfo
+    from qdask.worker.discovery import GPUInfo
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +44,41 @@ WORKS = ("sample", "state", "expectation", "amplitudes")
 DENSITY_MATRIX_MAX_QUBITS = 12
 
 
+class SeedStream(np.random.RandomState):
+    """Hands qsim a prescribed sequence of seeds.
+
+    qsimcirq draws one ``randint(2**31 - 1)`` from its random state per
+    simulation (once per circuit when all measurements are terminal, once per
+    repetition otherwise). qdask draws those seeds on the client, in the order
+    a serial ``QSimSimulator(seed=...)`` would, and replays them on whichever
+    worker runs the circuit: results equal the serial run's whatever the
+    chunking or number of workers.
+    """
+
+    def __init__(self, seeds: np.ndarray) -> None:
+        super().__init__(0)
+        self._seeds = iter(seeds.tolist())
+
+    def randint(self, *args: Any, **kwargs: Any) -> int:  # type: ignore[override]
+        return next(self._seeds)
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """Per-call settings a backend receives on the worker."""
+    """Per-call settings a backend receives on the worker.
 
-    seed: int | None = None
+    ``seeds`` are the prescribed seed draws (see :class:`SeedStream`); None
+    means fresh randomness.
+    """
+
+    seeds: np.ndarray | None = None
     threads: int = 1
     max_fused_gate_size: int = 2
+    initial_state: int = 0
+
+    @property
+    def first_seed(self) -> int | None:
+        return None if self.seeds is None or len(self.seeds) == 0 else int(self.seeds[0])
 
 
 @runtime_checkable
@@ -55,7 +86,8 @@ class Backend(Protocol):
     """What a qdask backend provides.
 
     Besides these, a backend implements the work it supports, each called only
-    after ``unsupported(info, work)`` returned None:
+    after ``unsupported(info, work)`` returned None, and may define
+    ``seed_draws(info, work, repetitions) -> int`` (default 1: one seed per call):
 
     ``sample(circuit, repetitions, opts) -> {key: int8 array (reps, instances, qubits)}``,
     ``state(circuit, qubit_order, opts) -> complex64 array``,
@@ -118,24 +150,33 @@ class QSimBackend:
         key = "worker.final-state-workspace" if work == "state" else "worker.sampling-workspace"
         return statevector_bytes(info.num_qubits, config.get(key))
 
+    def seed_draws(self, info: CircuitInfo, work: str, repetitions: int) -> int:
+        """Seeds qsimcirq draws for this call (see :class:`SeedStream`)."""
+        if work != "sample":
+            return 1
+        if not info.per_repetition and repetitions > 1:
+            return 1  # one simulation, all repetitions sampled from its final state
+        return repetitions
+
     def _simulator(self, opts: RunOptions) -> Any:
         import qsimcirq
 
         options = qsimcirq.QSimOptions(cpu_threads=opts.threads, max_fused_gate_size=opts.max_fused_gate_size)
-        return qsimcirq.QSimSimulator(options, seed=opts.seed)
+        seed = SeedStream(opts.seeds) if opts.seeds is not None else None
+        return qsimcirq.QSimSimulator(options, seed=seed)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
-        result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order)
+        result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order, initial_state=opts.initial_state)
         return np.asarray(result.final_state_vector, dtype=np.complex64)
 
     def expectation(
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
     ) -> np.ndarray:
         values = self._simulator(opts).simulate_expectation_values(
-            circuit, observables=observables, qubit_order=qubit_order
+            circuit, observables=observables, qubit_order=qubit_order, initial_state=opts.initial_state
         )
         return np.asarray(values, dtype=np.complex128)
 
@@ -189,9 +230,23 @@ class StimBackend:
         return int(info.num_qubits**2 + 1_000_000)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
-        import stimcirq
+        # stimcirq.StimSampler takes no seed; its converter (same one it uses)
+        # plus stim's seeded sampler makes the samples reproducible.
+        from stimcirq._cirq_to_stim import cirq_circuit_to_stim_data
 
-        return _records(stimcirq.StimSampler(seed=opts.seed).run(circuit, repetitions=repetitions))
+        stim_circuit, key_ranges = cirq_circuit_to_stim_data(circuit, flatten=True)
+        samples = stim_circuit.compile_sampler(seed=opts.first_seed).sample(repetitions)
+        lengths: dict[str, int] = {}
+        columns: dict[str, list[int]] = {}
+        k = 0
+        for key, length in key_ranges:
+            lengths.setdefault(key, length)
+            columns.setdefault(key, []).extend(range(k, k + length))
+            k += length
+        return {
+            key: samples[:, columns[key]].reshape(repetitions, -1, length).astype(np.int8)
+            for key, length in lengths.items()
+        }
 
 
 class DensityMatrixBackend:
@@ -220,20 +275,20 @@ class DensityMatrixBackend:
     def _simulator(self, opts: RunOptions) -> Any:
         import cirq
 
-        return cirq.DensityMatrixSimulator(dtype=np.complex64, seed=opts.seed)
+        return cirq.DensityMatrixSimulator(dtype=np.complex64, seed=opts.first_seed)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
-        result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order)
+        result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order, initial_state=opts.initial_state)
         return np.asarray(result.final_density_matrix, dtype=np.complex64)
 
     def expectation(
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
     ) -> np.ndarray:
         values = self._simulator(opts).simulate_expectation_values(
-            circuit, observables=observables, qubit_order=qubit_order
+            circuit, observables=observables, qubit_order=qubit_order, initial_state=opts.initial_state
         )
         return np.asarray(values, dtype=np.complex128)
 
@@ -258,6 +313,12 @@ def registry() -> dict[str, Backend]:
             found[ep.name] = backend
         _REGISTRY = found
     return _REGISTRY
+
+
+def seed_draws(backend: Backend, info: CircuitInfo, work: str, repetitions: int) -> int:
+    """How many seeds ``backend`` consumes for one call (1 unless it says otherwise)."""
+    draws = getattr(backend, "seed_draws", None)
+    return int(draws(info, work, repetitions)) if draws is not None else 1
 
 
 def backend_names() -> list[str]:
@@ -289,6 +350,10 @@ def choose(info: CircuitInfo, work: str, allowed: list[str] | None = None) -> st
         order = ["stim", "qsim"]
     else:
         order = ["qsim"]
+    if "qsim" in order and info.num_qubits >= config.get("gpu.min-qubits"):
+        # Wide state vectors run faster on a GPU; tried only where allowed, and
+        # a GPU that cannot hold the circuit leaves it to "qsim" after it.
+        order.insert(order.index("qsim"), "qsim-gpu")
     order += [n for n in names if n not in order]
     reasons = []
     for name in order:
@@ -299,3 +364,102 @@ def choose(info: CircuitInfo, work: str, allowed: list[str] | None = None) -> st
             return name
         reasons.append(f"{name}: {why}")
     raise ValueError(f"no backend can {work} this circuit ({'; '.join(reasons) or 'none installed'})")
+
+
+class GPUUnavailableError(RuntimeError):
+    """qsim cannot run on a GPU in this process (no device, a CPU-only build, too little memory)."""
+
+
+class QSimGPUBackend(QSimBackend):
+    """qsim state-vector simulation on an NVIDIA GPU (native CUDA, ``gpu_mode=0``).
+
+    Available only where a GPU build of qsimcirq is installed *and* NVML
+    reports a device: qsimcirq's CUDA module ends the process (``exit``) on
+    any CUDA error, a missing device or a failed allocation included, so every
+    run first checks the device and its free memory. When either check fails
+    the circuit runs on the CPU (``qsim``) and the reason is logged.
+    """
+
+    name = "qsim-gpu"
+
+    def available(self) -> bool:
+        from qdask.worker import discovery
+
+        return discovery.qsim_gpu_usable(discovery.detect_gpus())
+
+    def unsupported(self, info: CircuitInfo, work: str) -> str | None:
+        why = super().unsupported(info, work)
+        if why is not None:
+            return why
+        from qdask.worker import discovery
+
+        # Only a process that has GPUs can judge their memory; a client without
+        # one leaves the check to the GPU worker (which falls back to the CPU).
+        gpus = discovery.detect_gpus()
+        return _gpu_memory_problem(info.num_qubits, gpus[0]) if gpus else None
+
+    def gpu_problem(self, num_qubits: int) -> str | None:
+        """Why a ``num_qubits``-wide state vector cannot be simulated on this process's GPU (None: it can)."""
+        from qdask.worker import discovery
+
+        gpus = discovery.detect_gpus()
+        if not gpus:
+            return "NVML reports no GPU in this process"
+        if not discovery.qsim_gpu_usable(gpus):
+            return (
+                f"qsimcirq {self.version()} has no CUDA module (PyPI wheels are CPU-only); "
+                "build one with `make qsim-gpu` (docs/gpu.md)"
+            )
+        # CUDA numbers the visible devices from 0 and qsim uses device 0.
+        return _gpu_memory_problem(num_qubits, gpus[0])
+
+    def _simulator(self, opts: RunOptions) -> Any:
+        import qsimcirq
+
+        options = qsimcirq.QSimOptions(use_gpu=True, gpu_mode=0, max_fused_gate_size=opts.max_fused_gate_size)
+        try:
+            return qsimcirq.QSimSimulator(options, seed=SeedStream(opts.seeds) if opts.seeds is not None else None)
+        except ValueError as e:  # qsimcirq's answer to use_gpu=True without a CUDA build
+            raise GPUUnavailableError(
+                f"qsimcirq {self.version()} cannot simulate on a GPU: {e} "
+                "Fix: build the GPU wheel with `make qsim-gpu` (docs/gpu.md) or use simulator='qsim'."
+            ) from e
+
+    def _run(self, work: str, circuit: cirq.AbstractCircuit, *args: Any) -> Any:
+        num_qubits = len(circuit.all_qubits())
+        why = self.gpu_problem(num_qubits)
+        if why is None:
+            try:
+                return getattr(super(), work)(circuit, *args)
+            except GPUUnavailableError as e:  # raised before any GPU work started
+                why = str(e)
+        logger.warning("qsim-gpu: running the %d-qubit circuit on the CPU: %s", num_qubits, why)
+        return getattr(QSimBackend(), work)(circuit, *args)
+
+    def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
+        return self._run("sample", circuit, repetitions, opts)
+
+    def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
+        return self._run("state", circuit, qubit_order, opts)
+
+    def expectation(
+        self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        return self._run("expectation", circuit, observables, qubit_order, opts)
+
+    def amplitudes(
+        self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        return self._run("amplitudes", circuit, bitstrings, qubit_order, opts)
+
+
+def _gpu_memory_problem(num_qubits: int, gpu: GPUInfo) -> str | None:
+    # qsim's CUDA state space holds one complex64 vector plus kilobytes of
+    # scratch; an allocation that fails ends the process, so check up front.
+    need = statevector_bytes(num_qubits)
+    if need > gpu.free_memory:
+        return (
+            f"the {num_qubits}-qubit state vector needs {format_bytes(need)} and GPU {gpu.index} "
+            f"({gpu.name}) has {format_bytes(gpu.free_memory)} free"
+        )
+    return None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import SchedulerPlugin
 
+from qdask.scheduler.placement import seed_prefix_durations
 from qdask.scheduler.registry import ResourceRegistry
 from qdask.worker.plugin import CAPABILITIES_TOPIC
 
@@ -62,6 +63,11 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         assert self.registry is not None
         self.registry.add(worker)
+
+    def update_graph(self, scheduler: Scheduler, *, annotations: dict[str, dict[Any, Any]], **kwargs: Any) -> None:
+        qdask_tasks = annotations.get("qdask")
+        if qdask_tasks:
+            seed_prefix_durations(scheduler, qdask_tasks)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if self.registry is None or not isinstance(msg, dict):

@@ -97,6 +97,8 @@ class ResourceRegistry:
                     "role": caps.role if caps else "unknown",
                     "status": ws.status.name,
                     "nthreads": ws.nthreads,
+                    "cores": caps.cores if caps else None,
+                    "host": caps.host if caps else None,
                     "memory_limit": ws.memory_limit,
                     "max_qubits": caps.max_qubits if caps else 0,
                     "qsim_isa": caps.qsim_isa if caps else None,
@@ -107,6 +109,7 @@ class ResourceRegistry:
                     "used_resources": {k: v for k, v in ws.used_resources.items() if k in ws.resources},
                     "processing": len(ws.processing),
                     "joined": rec.joined if rec else None,
+                    "cost_model": dict(caps.cost_model) if caps else {},
                 }
             )
         return rows

@@ -79,6 +79,8 @@ class Capabilities:
         Quantum backends importable on the worker.
     host : str
         Host name.
+    cost_model : dict
+        qsim speed measured on this worker (:class:`qdask.quantum.cost.CostModel`).
     """
 
     role: str
@@ -92,6 +94,7 @@ class Capabilities:
     gpus: list[GPUInfo] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
     host: str = ""
+    cost_model: dict[str, float] = field(default_factory=dict)
 
     def resources(self) -> dict[str, float]:
         """Dask worker resources for these capabilities (empty for classical workers)."""
@@ -243,4 +246,11 @@ def discover(
         gpus=gpus,
         backends=available_backends() if quantum else [],
         host=socket.gethostname(),
+        cost_model=_calibrate() if quantum else {},
     )
+
+
+def _calibrate() -> dict[str, float]:
+    from qdask.quantum.cost import CostModel
+
+    return CostModel.calibrate().to_dict()

@@ -1,0 +1,231 @@
+"""Client side: plan a batch, submit its chunks as Dask tasks, assemble results.
+
+Shared by :class:`qdask.Sampler` and :class:`qdask.Simulator`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cirq
+import dask
+import numpy as np
+from distributed import Client, Future, as_completed
+from tqdm import tqdm
+
+from qdask.quantum.execute import TaskResult, dump_tasks, paused_gc, run_chunk, unpack_records
+from qdask.quantum.plan import (
+    Chunk,
+    ClusterView,
+    Job,
+    SeedSource,
+    build_jobs,
+    make_chunks,
+    resolve_priority,
+    target_chunk_seconds,
+)
+from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
+
+logger = logging.getLogger(__name__)
+
+#: Threads that wait on Dask futures for the ``*_async`` methods (duet awaits them).
+_WAITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="qdask-wait")
+
+
+@dataclass
+class Submission:
+    """A submitted batch: its jobs, chunks and one Dask future per chunk."""
+
+    jobs: list[Job]
+    chunks: list[Chunk]
+    futures: list[Future]
+    circuit_bytes: int = 0  # serialized chunks sent to the workers
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """What the last batch cost: tasks, time, and bytes sent each way."""
+
+    circuits: int = 0
+    tasks: int = 0
+    seconds: float = 0.0
+    circuit_bytes: int = 0
+    result_bytes: int = 0
+    backends: dict[str, int] = field(default_factory=dict)
+    workers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes_per_circuit(self) -> float:
+        """Result bytes sent back per circuit."""
+        return self.result_bytes / max(self.circuits, 1)
+
+    @property
+    def circuit_bytes_per_circuit(self) -> float:
+        """Serialized circuit bytes sent out per circuit."""
+        return self.circuit_bytes / max(self.circuits, 1)
+
+
+class Engine:
+    """Plans and runs batches of circuits on a Dask cluster with qdask workers.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Defaults to the current default client.
+    seed : int or numpy.random.RandomState, optional
+        Makes results reproducible and equal to a serial qsim run with the
+        same seed (see :class:`qdask.quantum.backends.SeedStream`).
+    simulator : str, default "auto"
+        Backend name, or "auto" to choose per circuit.
+    priority : int or str, default "normal"
+        Dask priority or class ("low", "normal", "high", "critical").
+    progress : bool, default False
+        Show a progress bar while waiting for results.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        seed: int | np.random.RandomState | None = None,
+        simulator: str = "auto",
+        priority: int | str = "normal",
+        progress: bool = False,
+    ) -> None:
+        if client is None:
+            from distributed import default_client
+
+            client = default_client()
+        self.client = client
+        self.seeds = SeedSource(seed)
+        self.simulator = simulator
+        self.priority = resolve_priority(priority)
+        self.progress = progress
+        self.last = BatchStats()
+
+    def view(self) -> ClusterView:
+        """Current cluster capabilities (one scheduler round trip)."""
+        try:
+            rows = self.client.sync(self.client.scheduler.qdask_resources)
+        except Exception as e:
+            if "qdask_resources" not in str(e):
+                raise
+            raise RuntimeError(
+                f"the scheduler at {self.client.scheduler.address} has no qdask plugin. "
+                "Fix: use qdask.QuantumCluster, or start it with `dask scheduler --preload qdask.plugins.scheduler`."
+            ) from e
+        return ClusterView.from_rows(rows)
+
+    # -- submit ------------------------------------------------------------------
+    def submit(
+        self,
+        programs: list[cirq.AbstractCircuit],
+        sweeps: list[cirq.Sweepable],
+        repetitions: list[Any],
+        *,
+        work: str,
+        simulator: str | None = None,
+        priority: int | str | None = None,
+        extra: list[dict[str, Any]] | None = None,
+    ) -> Submission:
+        """Validate, plan and submit a batch; returns at once."""
+        view = self.view()
+        with paused_gc():
+            jobs = build_jobs(
+                programs,
+                sweeps,
+                repetitions,
+                work=work,
+                simulator=simulator or self.simulator,
+                view=view,
+                seeds=self.seeds,
+                extra=extra,
+            )
+            chunks = make_chunks(jobs, view, target_chunk_seconds(jobs, view))
+        prio = self.priority if priority is None else resolve_priority(priority)
+        sub = Submission(jobs, chunks, [])
+        for chunk in chunks:
+            blob = dump_tasks(chunk.tasks)
+            sub.circuit_bytes += len(blob)
+            sub.futures.append(self._submit_chunk(chunk, blob, work, prio))
+        for job in jobs:
+            logger.debug("circuit %d: %d qubits -> %s", job.index, job.info.num_qubits, job.backend)
+        return sub
+
+    def _submit_chunk(self, chunk: Chunk, blob: bytes, work: str, priority: int) -> Future:
+        key = f"qdask_{work}_{chunk.cost_class}-{uuid.uuid4().hex}"
+        with dask.annotate(qdask=chunk.annotation(priority)):
+            return self.client.submit(
+                run_chunk,
+                blob,
+                key=key,
+                resources={QUANTUM: 1, STATEVECTOR_BYTES: chunk.memory},
+                priority=priority,
+                pure=False,
+            )
+
+    # -- collect -----------------------------------------------------------------
+    def collect(self, sub: Submission) -> dict[int, list[TaskResult]]:
+        """Wait for a submission; task results by job index, in repetition order."""
+        by_index: dict[int, list[TaskResult]] = defaultdict(list)
+        stats = BatchStats(circuits=len(sub.jobs), tasks=len(sub.futures), circuit_bytes=sub.circuit_bytes)
+        backends: Counter[str] = Counter()
+        workers: Counter[str] = Counter()
+        bar = tqdm(total=len(sub.jobs), desc="circuits", unit="circ", disable=not self.progress)
+        try:
+            for fut in as_completed(sub.futures):
+                for r in fut.result():
+                    by_index[r.index].append(r)
+                    stats.result_bytes += r.nbytes
+                    workers[r.worker] += 1
+                    if r.start == 0:
+                        backends[r.backend] += 1
+                        bar.update()
+        finally:
+            bar.close()
+        stats.seconds = time.perf_counter() - sub.submitted
+        stats.backends, stats.workers = dict(backends), dict(workers)
+        self.last = stats
+        for results in by_index.values():
+            results.sort(key=lambda r: r.start)
+        return by_index
+
+    def collect_async(self, sub: Submission) -> concurrent.futures.Future:
+        """:meth:`collect` in a waiter thread (for duet-based ``*_async`` methods)."""
+        return _WAITERS.submit(self.collect, sub)
+
+
+def metadata(results: list[TaskResult]) -> dict[str, Any]:
+    """Result metadata of one circuit: backend, workers, seconds, bytes."""
+    return {
+        "backend": results[0].backend,
+        "workers": sorted({r.worker for r in results}),
+        "seconds": sum(r.seconds for r in results),
+        "bytes": sum(r.nbytes for r in results),
+        "blocks": len(results),
+    }
+
+
+class Result(cirq.ResultDict):
+    """A ``cirq.ResultDict`` with qdask's ``metadata`` (backend, workers, seconds, bytes)."""
+
+    def __init__(self, *, params: cirq.ParamResolver, records: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+        super().__init__(params=params, records=records)
+        self.metadata = metadata
+
+
+def sample_result(job: Job, results: list[TaskResult]) -> Result:
+    """Reassemble the (possibly split) measurement records of one job."""
+    parts = [unpack_records(r.payload) for r in results]
+    if len(parts) == 1:
+        records = parts[0]
+    else:
+        records = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    return Result(params=job.resolver, records=records, metadata=metadata(results))

@@ -1,0 +1,138 @@
+"""Worker side: run one chunk of circuit tasks and return compact results.
+
+Measurement records travel bit-packed (``numpy.packbits``), states and
+expectation values as plain numpy arrays: no Python objects per shot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import pickle
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cirq
+import cloudpickle
+import numpy as np
+
+from qdask.quantum import backends as bk
+from qdask.quantum.plan import Task
+
+logger = logging.getLogger(__name__)
+
+
+class QuantumTaskError(RuntimeError):
+    """A backend failed on a circuit; names the circuit and the backend."""
+
+
+@dataclass
+class TaskResult:
+    """The outcome of one task, as sent back to the client."""
+
+    index: int
+    start: int
+    backend: str
+    seconds: float
+    worker: str
+    payload: Any  # {key: (packed bits, shape)} | ndarray
+    nbytes: int
+
+
+def pack_records(records: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, tuple[int, ...], bool]]:
+    """Bit-pack 0/1 measurement records along the qubit axis (8x smaller)."""
+    out = {}
+    for key, arr in records.items():
+        binary = arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)
+        out[key] = (np.packbits(arr.astype(np.uint8), axis=-1) if binary else arr, arr.shape, binary)
+    return out
+
+
+def unpack_records(packed: dict[str, tuple[np.ndarray, tuple[int, ...], bool]]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`pack_records`: int8 arrays (repetitions, instances, qubits)."""
+    out = {}
+    for key, (data, shape, binary) in packed.items():
+        if binary:
+            out[key] = np.unpackbits(data, axis=-1, count=shape[-1]).astype(np.int8).reshape(shape)
+        else:
+            out[key] = np.asarray(data, dtype=np.int8).reshape(shape)
+    return out
+
+
+def _nbytes(payload: Any) -> int:
+    if isinstance(payload, np.ndarray):
+        return int(payload.nbytes)
+    if isinstance(payload, dict):
+        return int(sum(v[0].nbytes for v in payload.values()))
+    return 0
+
+
+def run_task(task: Task, worker: str = "") -> TaskResult:
+    """Run one task on its backend (in this process)."""
+    backend = bk.get_backend(task.backend)
+    opts = bk.RunOptions(seeds=task.seeds, threads=task.threads, initial_state=task.extra.get("initial_state", 0))
+    circuit = cirq.resolve_parameters(task.circuit, task.resolver) if task.resolver.param_dict else task.circuit
+    t0 = time.perf_counter()
+    try:
+        if task.work == "sample":
+            payload: Any = pack_records(backend.sample(circuit, task.repetitions, opts))  # type: ignore[attr-defined]
+        elif task.work == "state":
+            payload = backend.state(circuit, task.extra["qubit_order"], opts)  # type: ignore[attr-defined]
+        elif task.work == "expectation":
+            payload = backend.expectation(  # type: ignore[attr-defined]
+                circuit, task.extra["observables"], task.extra["qubit_order"], opts
+            )
+        elif task.work == "amplitudes":
+            payload = backend.amplitudes(  # type: ignore[attr-defined]
+                circuit, task.extra["bitstrings"], task.extra["qubit_order"], opts
+            )
+        else:  # pragma: no cover - plan only produces the four kinds
+            raise ValueError(f"unknown work {task.work!r}")
+    except Exception as e:
+        raise QuantumTaskError(f"circuit {task.index} failed on backend {task.backend!r}: {type(e).__name__}: {e}") from e
+    seconds = time.perf_counter() - t0
+    logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, task.backend, seconds)
+    return TaskResult(task.index, task.start, task.backend, seconds, worker, payload, _nbytes(payload))
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic GC while building or running many cirq objects.
+
+    Unpickling a chunk of 250 small circuits triggers repeated full
+    collections over cirq's large object graph: measured 10x slower than with
+    the collector paused (0.2 vs 2.2 ms per circuit). cirq circuits hold no
+    reference cycles that need collecting within a chunk.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def dump_tasks(tasks: list[Task]) -> bytes:
+    """Serialize a chunk on the client (Dask ships bytes as a single frame).
+
+    cloudpickle, as Dask would use: some cirq values (PauliSum) hold lambdas.
+    """
+    with paused_gc():
+        return cloudpickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def run_chunk(blob: bytes) -> list[TaskResult]:
+    """The Dask task: run every task of a chunk (from :func:`dump_tasks`) in order."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except ValueError:  # called outside a worker (tests, serial runs)
+        worker = ""
+    with paused_gc():
+        tasks: list[Task] = pickle.loads(blob)
+        return [run_task(t, worker) for t in tasks]

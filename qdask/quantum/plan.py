@@ -1,0 +1,354 @@
+"""Client-side planning: validate circuits, choose backends, draw seeds, pack chunks.
+
+Nothing here talks to a worker; :mod:`qdask.quantum.engine` submits the
+chunks this module produces, and :mod:`qdask.quantum.execute` runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cirq
+import numpy as np
+from dask.utils import format_bytes
+
+from qdask import config
+from qdask.quantum import backends as bk
+from qdask.quantum.analysis import CircuitInfo, analyze
+from qdask.quantum.cost import CostModel
+from qdask.quantum.validate import (
+    BackendMismatchError,
+    CircuitTooWideError,
+    NoMeasurementsError,
+    NoQuantumWorkersError,
+    UnresolvedParametersError,
+    UnsupportedGateError,
+    check_repetitions,
+)
+from qdask.worker.discovery import max_qubits_for
+
+#: Priority classes of the contract, as Dask priorities (higher runs first).
+PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 100}
+
+
+def resolve_priority(priority: int | str) -> int:
+    """A Dask priority from an int or a class name ("low", "normal", "high", "critical")."""
+    if isinstance(priority, str):
+        if priority not in PRIORITIES:
+            raise ValueError(
+                f"priority={priority!r} is not a priority class: allowed {list(PRIORITIES)} or an int. "
+                "Fix: priority='high' or priority=5."
+            )
+        return PRIORITIES[priority]
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority={priority!r} must be an int or one of {list(PRIORITIES)}.")
+    return priority
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the client needs to know about the cluster to plan a batch."""
+
+    slots: int
+    max_statevector_bytes: int
+    backends: frozenset[str]
+    cost: CostModel
+    big_threads: int
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]]) -> ClusterView:
+        """Build from ``QuantumCluster.resources()`` rows (quantum workers only count)."""
+        quantum = [r for r in rows if r.get("resources", {}).get("quantum")]
+        if not quantum:
+            raise NoQuantumWorkersError(
+                f"the cluster has no quantum worker ({len(rows)} worker(s), none with a 'quantum' resource). "
+                "Fix: start workers with the qdask worker plugin (QuantumCluster, or "
+                "`dask worker --preload qdask.plugins.worker`)."
+            )
+        models = [CostModel.from_dict(r["cost_model"]) for r in quantum if r.get("cost_model")]
+        cost = CostModel.median(models) if models else CostModel.calibrate()
+        # Threads for a circuit that runs alone: the cores of a host shared by
+        # the quantum slots on it (the most crowded host decides).
+        per_host: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in quantum:
+            per_host[r.get("host") or r["worker"]].append(r)
+        big_threads = min(
+            max(1, max(r.get("cores") or 1 for r in rs) // sum(int(r["resources"]["quantum"]) for r in rs))
+            for rs in per_host.values()
+        )
+        return cls(
+            slots=int(sum(r["resources"]["quantum"] for r in quantum)),
+            max_statevector_bytes=int(max(r["resources"].get("statevector_bytes", 0) for r in quantum)),
+            backends=frozenset(set().union(*(set(r.get("backends") or ()) for r in quantum))),
+            cost=cost,
+            big_threads=big_threads,
+        )
+
+
+@dataclass
+class Job:
+    """One circuit (one parameter resolver) of the caller's batch."""
+
+    index: int  # position in the caller's flattened batch
+    program: int  # which of the caller's circuits
+    circuit: cirq.AbstractCircuit  # the caller's circuit, parameters unresolved
+    resolver: cirq.ParamResolver
+    work: str
+    repetitions: int
+    info: CircuitInfo
+    backend: str
+    seeds: np.ndarray
+    est_seconds: float
+    memory: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    """What travels to the worker for one job, or one block of its repetitions."""
+
+    index: int
+    start: int  # first repetition of this block
+    circuit: cirq.AbstractCircuit
+    resolver: cirq.ParamResolver
+    work: str
+    backend: str
+    repetitions: int
+    seeds: np.ndarray
+    threads: int
+    extra: dict[str, Any]
+
+
+@dataclass
+class Chunk:
+    """One Dask task: several small tasks, or one big one."""
+
+    tasks: list[Task]
+    est_seconds: float
+    memory: int
+    qubits: int
+
+    def annotation(self, priority: int) -> dict[str, Any]:
+        """The ``qdask`` task annotation read by scheduling, elastic scaling and monitoring."""
+        backends = {t.backend for t in self.tasks}
+        return {
+            "kind": "circuit",
+            "circuits": len(self.tasks),
+            "qubits": self.qubits,
+            "backend": backends.pop() if len(backends) == 1 else "mixed",
+            "est_seconds": self.est_seconds,
+            "statevector_bytes": self.memory,
+            "priority": priority,
+        }
+
+    @property
+    def cost_class(self) -> str:
+        """Factor-of-two cost bucket; part of the task key so Dask learns
+        durations per bucket instead of one average for every circuit."""
+        return f"c{max(0, int(math.log2(max(self.est_seconds, 1e-4) / 1e-4)))}"
+
+
+class SeedSource:
+    """The seed stream a serial ``QSimSimulator(seed=seed)`` would consume.
+
+    ``seed=None`` gives fresh randomness; an int makes every call of the
+    sampler reproducible and equal to the serial simulator's.
+    """
+
+    def __init__(self, seed: int | np.random.RandomState | None) -> None:
+        if isinstance(seed, np.random.RandomState):
+            self._state = seed
+        else:
+            self._state = np.random.RandomState(seed)
+
+    def draw(self, n: int) -> np.ndarray:
+        return self._state.randint(2**31 - 1, size=n).astype(np.int64)
+
+
+def build_jobs(
+    programs: list[cirq.AbstractCircuit],
+    sweeps: list[cirq.Sweepable],
+    repetitions: list[Any],
+    *,
+    work: str,
+    simulator: str,
+    view: ClusterView,
+    seeds: SeedSource,
+    extra: list[dict[str, Any]] | None = None,
+) -> list[Job]:
+    """Validate the batch and turn it into jobs, in the caller's order.
+
+    Raises a :class:`~qdask.quantum.validate.CircuitError` subclass naming the
+    circuit for anything that would fail (or crash a worker) later.
+    """
+    if simulator != "auto":
+        bk.get_backend(simulator)  # unknown name: lists the installed ones
+    jobs: list[Job] = []
+    for p, (program, sweep, reps) in enumerate(zip(programs, sweeps, repetitions)):
+        info = analyze(program)
+        resolvers = list(cirq.to_resolvers(sweep))
+        reps = check_repetitions(len(jobs), reps) if work == "sample" else 1
+        for resolver in resolvers:
+            index = len(jobs)
+            missing = sorted(set(info.unresolved) - {str(k) for k in resolver.param_dict})
+            if missing:
+                raise UnresolvedParametersError(
+                    index,
+                    f"symbols {missing} have no value",
+                    "every symbol resolved",
+                    f"pass params={{{missing[0]!r}: 0.5, ...}} or a cirq.Sweep",
+                )
+            if work == "sample" and not info.has_measurements:
+                raise NoMeasurementsError(
+                    index,
+                    "sampling a circuit without measurements",
+                    "at least one measurement",
+                    "append cirq.measure(*qubits, key='m'), or use qdask.Simulator.simulate for the state",
+                )
+            if info.unsupported_gates:
+                raise UnsupportedGateError(
+                    index,
+                    f"operations {list(info.unsupported_gates)} are neither unitary, channel nor measurement",
+                    "gates with cirq.unitary, cirq.mixture or cirq.kraus",
+                    "decompose them (cirq.decompose) into standard gates",
+                )
+            backend_name = _backend_for(index, info, work, simulator, view)
+            backend = bk.get_backend(backend_name)
+            memory = backend.memory_bytes(info, work)
+            if memory > view.max_statevector_bytes:
+                workspace = config.get("worker.final-state-workspace" if work == "state" else "worker.sampling-workspace")
+                widest = max_qubits_for(view.max_statevector_bytes, workspace)
+                raise CircuitTooWideError(
+                    index,
+                    f"{info.num_qubits} qubits need {format_bytes(memory)} on {backend_name} for {work}, "
+                    f"more than any worker holds ({format_bytes(view.max_statevector_bytes)})",
+                    f"{widest} qubits on this cluster",
+                    "add workers with more memory (ClusterConfig(memory_per_node=...)), "
+                    "or compute amplitudes with Schrödinger-Feynman splitting",
+                )
+            draws = bk.seed_draws(backend, info, work, reps)
+            jobs.append(
+                Job(
+                    index=index,
+                    program=p,
+                    circuit=program,
+                    resolver=resolver,
+                    work=work,
+                    repetitions=reps,
+                    info=info,
+                    backend=backend_name,
+                    seeds=seeds.draw(draws),
+                    est_seconds=view.cost.estimate(info, backend_name, repetitions=reps),
+                    memory=memory,
+                    extra=(extra[p] if extra else {}),
+                )
+            )
+    return jobs
+
+
+def _backend_for(index: int, info: CircuitInfo, work: str, simulator: str, view: ClusterView) -> str:
+    if simulator == "auto":
+        try:
+            return bk.choose(info, work, allowed=sorted(view.backends))
+        except ValueError as e:
+            raise BackendMismatchError(
+                index, str(e), f"backends on this cluster: {sorted(view.backends)}", "install a backend that can run it"
+            ) from e
+    if simulator not in view.backends:
+        raise BackendMismatchError(
+            index,
+            f"simulator {simulator!r} is not available on any worker",
+            f"backends on this cluster: {sorted(view.backends)}",
+            "pass simulator='auto' or install it on the workers",
+        )
+    why = bk.get_backend(simulator).unsupported(info, work)
+    if why is not None:
+        raise BackendMismatchError(
+            index, f"simulator {simulator!r} cannot {work} it: {why}", "what the backend supports", "pass simulator='auto'"
+        )
+    return simulator
+
+
+def target_chunk_seconds(jobs: list[Job], view: ClusterView) -> float:
+    """Seconds of work per Dask task.
+
+    ``qdask.quantum.chunk-duration`` when set; "auto" gives each slot about
+    four chunks (so stealing can even out estimation errors) while keeping
+    each chunk long enough that Dask's ~ms per-task overhead stays small.
+    """
+    configured = config.get("quantum.chunk-duration")
+    if configured != "auto":
+        return config.parse_duration(configured)
+    total = sum(j.est_seconds for j in jobs)
+    lo = config.parse_duration(config.get("quantum.min-chunk-duration"))
+    hi = config.parse_duration(config.get("quantum.max-chunk-duration"))
+    return min(hi, max(lo, total / (4 * max(view.slots, 1))))
+
+
+def make_chunks(jobs: list[Job], view: ClusterView, target: float) -> list[Chunk]:
+    """Pack small jobs into chunks of about ``target`` seconds; big jobs run alone.
+
+    Jobs whose every repetition is a separate simulation (noise, mid-circuit
+    measurements) and that take longer than ``target`` are split into blocks
+    of repetitions, each with its slice of the seed stream. Chunks come back
+    longest first (largest-processing-time order), which is the order they are
+    submitted and so the order each worker runs them.
+    """
+    chunks: list[Chunk] = []
+    small: list[Task] = []
+    small_est = 0.0
+    small_mem = 0
+    small_qubits = 0
+
+    def flush() -> None:
+        nonlocal small, small_est, small_mem, small_qubits
+        if small:
+            chunks.append(Chunk(small, small_est, small_mem, small_qubits))
+        small, small_est, small_mem, small_qubits = [], 0.0, 0, 0
+
+    for job in jobs:
+        if job.est_seconds >= target:
+            for task, est in _split(job, view, target):
+                chunks.append(Chunk([task], est, job.memory, job.info.num_qubits))
+            continue
+        small.append(_task(job, job.seeds, 0, job.repetitions, threads=1))
+        small_est += job.est_seconds
+        small_mem = max(small_mem, job.memory)
+        small_qubits = max(small_qubits, job.info.num_qubits)
+        if small_est >= target:
+            flush()
+    flush()
+    chunks.sort(key=lambda c: -c.est_seconds)
+    return chunks
+
+
+def _split(job: Job, view: ClusterView, target: float) -> list[tuple[Task, float]]:
+    threads = view.big_threads if job.info.num_qubits >= 16 else 1
+    if job.work != "sample" or not job.info.per_repetition or job.repetitions <= 1 or len(job.seeds) != job.repetitions:
+        return [(_task(job, job.seeds, 0, job.repetitions, threads), job.est_seconds)]
+    blocks = min(job.repetitions, max(1, math.ceil(job.est_seconds / target)))
+    edges = np.linspace(0, job.repetitions, blocks + 1).astype(int)
+    per_rep = job.est_seconds / job.repetitions
+    return [
+        (_task(job, job.seeds[a:b], int(a), int(b - a), threads), per_rep * (b - a))
+        for a, b in zip(edges[:-1], edges[1:])
+        if b > a
+    ]
+
+
+def _task(job: Job, seeds: np.ndarray, start: int, repetitions: int, threads: int) -> Task:
+    return Task(
+        index=job.index,
+        start=start,
+        circuit=job.circuit,
+        resolver=job.resolver,
+        work=job.work,
+        backend=job.backend,
+        repetitions=repetitions,
+        seeds=seeds,
+        threads=threads,
+        extra=job.extra,
+    )

@@ -1,0 +1,174 @@
+"""Pure logic of the quantum layer: analysis, cost model, planning, packing, backends."""
+
+from __future__ import annotations
+
+import warnings
+
+import cirq
+import numpy as np
+import pytest
+import sympy
+
+from qdask.quantum import backends as bk
+from qdask.quantum.analysis import analyze
+from qdask.quantum.cost import CostModel
+from qdask.quantum.execute import pack_records, unpack_records
+from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority
+
+COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
+VIEW = ClusterView(slots=2, max_statevector_bytes=2**30, backends=frozenset(bk.backend_names()), cost=COST, big_threads=1)
+
+
+def _random(n, depth=10, seed=0, measure=True):
+    q = cirq.LineQubit.range(n)
+    c = cirq.testing.random_circuit(q, n_moments=depth, op_density=0.8, random_state=seed)
+    return c + cirq.measure(*q, key="m") if measure else c
+
+
+def test_analysis_facts():
+    q = cirq.LineQubit.range(3)
+    theta = sympy.Symbol("theta")
+    c = cirq.Circuit(cirq.H(q[0]), cirq.CNOT(q[0], q[1]), cirq.rx(theta).on(q[2]), cirq.measure(*q, key="m"))
+    info = analyze(c)
+    assert (info.num_qubits, info.depth, info.num_ops, info.two_qubit_ops) == (3, 3, 4, 2)
+    assert info.unresolved == ("theta",) and not info.is_clifford
+    assert info.has_measurements and info.terminal_measurements and info.measurement_keys == ("m",)
+    bell = cirq.Circuit(cirq.H(q[0]), cirq.CNOT(q[0], q[1]), cirq.measure(q[0], q[1], key="b"))
+    assert analyze(bell).is_clifford
+    noisy = cirq.Circuit(cirq.H(q[0]), cirq.depolarize(0.1).on(q[0]), cirq.measure(q[0], key="m"))
+    assert analyze(noisy).has_noise and analyze(noisy).per_repetition
+    mid = cirq.Circuit(cirq.H(q[0]), cirq.measure(q[0], key="a"), cirq.H(q[0]), cirq.measure(q[0], key="b"))
+    assert not analyze(mid).terminal_measurements and analyze(mid).per_repetition
+
+
+def test_unsupported_gate_is_found():
+    class Opaque(cirq.Gate):
+        def _num_qubits_(self):
+            return 1
+
+    q = cirq.LineQubit(0)
+    info = analyze(cirq.Circuit(Opaque().on(q)))
+    assert info.unsupported_gates == ("Opaque",)
+
+
+def test_cost_model_grows_with_width_and_repetitions():
+    small, big = analyze(_random(6)), analyze(_random(20))
+    assert COST.estimate(big) > 10 * COST.estimate(small)
+    assert COST.estimate(big, threads=2) < COST.estimate(big)
+    noisy = analyze(cirq.Circuit(cirq.H(cirq.LineQubit(0)), cirq.depolarize(0.1).on(cirq.LineQubit(0))))
+    assert COST.estimate(noisy, repetitions=100) > 20 * COST.estimate(noisy, repetitions=1)
+    assert CostModel.from_dict(COST.to_dict()) == COST
+
+
+def test_calibration_measures_something():
+    m = CostModel.calibrate(repeats=1)
+    assert m.per_circuit > 0 and m.per_op > 0 and m.per_amp_op > 0
+
+
+def test_priority_classes():
+    assert resolve_priority("low") < resolve_priority("normal") < resolve_priority("high") < resolve_priority("critical")
+    assert resolve_priority(7) == 7
+    with pytest.raises(ValueError, match="priority='urgent'"):
+        resolve_priority("urgent")
+
+
+def test_small_jobs_are_packed_and_big_ones_run_alone_longest_first():
+    circuits = [_random(5, seed=i) for i in range(40)] + [_random(22, seed=99)]
+    jobs = build_jobs(circuits, [None] * 41, [100] * 41, work="sample", simulator="qsim", view=VIEW, seeds=SeedSource(1))
+    target = 0.02
+    chunks = make_chunks(jobs, VIEW, target)
+    assert len(chunks[0].tasks) == 1 and chunks[0].qubits == 22  # biggest first
+    assert [c.est_seconds for c in chunks] == sorted((c.est_seconds for c in chunks), reverse=True)
+    small_chunks = chunks[1:]
+    assert 1 < len(small_chunks) < 40
+    assert sorted(t.index for c in chunks for t in c.tasks) == list(range(41))
+    ann = chunks[0].annotation(priority=10)
+    assert ann["kind"] == "circuit" and ann["qubits"] == 22 and ann["priority"] == 10 and ann["est_seconds"] > 0
+    assert chunks[0].cost_class != small_chunks[-1].cost_class
+
+
+def test_per_repetition_jobs_split_into_seeded_blocks():
+    q = cirq.LineQubit.range(4)
+    noisy = cirq.Circuit(cirq.H.on_each(*q), cirq.depolarize(0.05).on_each(*q), cirq.measure(*q, key="m"))
+    jobs = build_jobs([noisy], [None], [1000], work="sample", simulator="auto", view=VIEW, seeds=SeedSource(3))
+    assert jobs[0].backend == "qsim-trajectories" and len(jobs[0].seeds) == 1000  # one seed per repetition
+    chunks = make_chunks(jobs, VIEW, target=jobs[0].est_seconds / 4)
+    blocks = sorted((t.start, t.repetitions) for c in chunks for t in c.tasks)
+    assert len(blocks) == 4 and sum(r for _, r in blocks) == 1000
+    seeds = np.concatenate([t.seeds for c in sorted(chunks, key=lambda c: c.tasks[0].start) for t in c.tasks])
+    assert np.array_equal(seeds, jobs[0].seeds)
+
+
+def test_seed_source_matches_qsim_draws():
+    a, b = SeedSource(5), np.random.RandomState(5)
+    assert list(a.draw(3)) == [b.randint(2**31 - 1) for _ in range(3)]
+
+
+def test_pack_unpack_roundtrip_is_compact():
+    rng = np.random.default_rng(0)
+    rec = {"m": rng.integers(0, 2, size=(1000, 1, 20)).astype(np.int8), "q": np.full((1000, 1, 1), 2, np.int8)}
+    packed = pack_records(rec)
+    assert packed["m"][0].nbytes * 6 < rec["m"].nbytes
+    back = unpack_records(packed)
+    assert all(np.array_equal(back[k], rec[k]) for k in rec)
+
+
+def test_backend_choice():
+    q = cirq.LineQubit.range(6)
+    clifford = analyze(cirq.Circuit(cirq.H.on_each(*q), cirq.CNOT(q[0], q[1]), cirq.measure(*q, key="m")))
+    assert bk.choose(clifford, "sample") == "stim"
+    assert bk.choose(clifford, "state") == "qsim"
+    noisy = analyze(cirq.Circuit(cirq.H(q[0]), cirq.amplitude_damp(0.1).on(q[0]), cirq.measure(q[0], key="m")))
+    assert bk.choose(noisy, "sample") == "qsim-trajectories"
+    assert bk.choose(noisy, "state") == "density-matrix"
+    assert bk.choose(analyze(_random(8)), "sample") == "qsim"
+    wide_noisy = analyze(cirq.Circuit(cirq.depolarize(0.1).on_each(*cirq.LineQubit.range(14))))
+    with pytest.raises(ValueError, match="density-matrix limit"):
+        bk.choose(wide_noisy, "state")
+
+
+def test_unknown_backend_lists_installed():
+    with pytest.raises(ValueError, match=r"installed backends are \[.*'qsim'"):
+        bk.get_backend("qiskit")
+
+
+def test_builtin_backends_come_from_entry_points():
+    assert {"qsim", "qsim-trajectories", "stim", "density-matrix"} <= set(bk.backend_names())
+
+
+def test_broken_backend_plugin_warns_instead_of_failing(monkeypatch):
+    class EP:
+        name, value = "broken", "nowhere:Nothing"
+
+        def load(self):
+            raise ImportError("no module named nowhere")
+
+    class Good:
+        name = "third-party"
+
+        def available(self):
+            return True
+
+        def unsupported(self, info, work):
+            return None
+
+        def memory_bytes(self, info, work):
+            return 1
+
+        def version(self):
+            return "1.0"
+
+    class GoodEP:
+        name, value = "third-party", "pkg:Good"
+
+        def load(self):
+            return Good
+
+    monkeypatch.setattr(bk, "_REGISTRY", None)
+    monkeypatch.setattr(bk, "entry_points", lambda group: [EP(), GoodEP()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = bk.backend_names()
+    assert names == ["third-party"]
+    assert any("broken" in str(w.message) for w in caught)
+    monkeypatch.setattr(bk, "_REGISTRY", None)
