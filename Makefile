@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Bounded suite for 2 cores; `make test-all` adds the slow soak/chaos tests.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench docs clean
+.PHONY: demo test test-all bench docs clean qsim-gpu gpu-sdists gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,55 @@ test-all: $(VENV)/.stamp-test
 bench: $(VENV)/.stamp-test
 	$(PY) benchmarks/run_all.py
 
+$(VENV)/.stamp-docs: pyproject.toml | $(PY)
+	$(PIP) install -e ".[docs]"
+	touch $@ $(VENV)/.stamp-base
+
+# The documentation site into site/; any warning (broken link, bad docstring) fails it.
+docs: $(VENV)/.stamp-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# --- GPU (docs/gpu.md) --------------------------------------------------------
+# `.whl/` is git-ignored: what the lent GPU machine needs travels there
+# (scripts/gpu_check.sh). CUDA_ARCH=90 is Hopper (H100/H200).
+WHL       := .whl
+CUDA_ARCH ?= 90
+QSIM_GPU_VENV := build/qsim-gpu-venv
+QSIM_SDIST    := $(WHL)/sdist/qsimcirq-0.22.0.tar.gz
+# cp312 manylinux wheels of what the lent machine's image lacks (its Python is
+# 3.12 and already holds numpy, cupy, cuda-bindings, nvidia-ml-py, pytest, ...).
+# About 57 MiB (libucx alone is 40): a call carries 64 MiB with the repo, so
+# bokeh (6 MiB, dashboard only) stays behind.
+GPU_WHEELS := dask==2026.7.1 distributed==2026.7.1 \
+	tornado==6.6.1 tblib==3.2.2 zict==3.0.0 partd==1.4.2 locket==1.0.0 \
+	cirq-core==1.7.0 duet==0.2.9 \
+	dask-cuda==26.10.0 distributed-ucxx-cu13==0.52.0 ucxx-cu13==0.52.0 \
+	libucxx-cu13==0.52.0 libucx-cu13==1.21.0 rmm-cu13==26.10.0 librmm-cu13==26.10.0 \
+	rapids-logger==0.3.0
+CP312 := --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	--platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64 --platform manylinux1_x86_64
+
+gpu-sdists: $(QSIM_SDIST)
+$(QSIM_SDIST): | $(PY)
+	$(PIP) download --no-deps --no-binary qsimcirq,pybind11 -d $(WHL)/sdist qsimcirq==0.22.0 pybind11==3.1.0
+
+$(QSIM_GPU_VENV)/bin/python:
+	$(PYTHON) -m venv $(QSIM_GPU_VENV)
+	$(QSIM_GPU_VENV)/bin/python -m pip --disable-pip-version-check -q install \
+		"cmake~=3.31.0" "setuptools>=75.2" wheel pybind11==3.1.0
+
+# GPU-enabled qsimcirq for this machine's Python, into dist/ (needs nvcc).
+qsim-gpu: $(QSIM_SDIST) $(QSIM_GPU_VENV)/bin/python
+	PATH="$(abspath $(QSIM_GPU_VENV))/bin:$$PATH" PYTHON=$(QSIM_GPU_VENV)/bin/python \
+		SRC=$(WHL)/sdist DEST=dist CUDA_ARCH=$(CUDA_ARCH) bash scripts/build_qsim_gpu.sh
+	@echo "Install it with: $(PY) -m pip install --no-deps --force-reinstall dist/qsimcirq-0.22.0-*.whl"
+
+# Wheels + sdists for scripts/gpu_check.sh on the lent GPU machine (no network there).
+gpu-wheels: $(QSIM_SDIST) | $(PY)
+	$(PIP) download --no-deps $(CP312) -d $(WHL) $(GPU_WHEELS)
+	@du -sh $(WHL)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
+from _fakes import FakeNVML, install_fake_nvml
 
 from qdask.worker import discovery
 from qdask.worker.discovery import (
@@ -55,37 +55,8 @@ def test_capabilities_round_trip():
     assert Capabilities.from_dict(caps.to_dict()) == caps
 
 
-class _FakeNVML(types.ModuleType):
-    """Stands in for pynvml: several GPUs cannot exist on this machine."""
-
-    def __init__(self, gpus):
-        super().__init__("pynvml")
-        self._gpus = gpus
-        self.shutdowns = 0
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlShutdown(self):
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self):
-        return len(self._gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return i
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return types.SimpleNamespace(total=self._gpus[h][1], free=self._gpus[h][2])
-
-    def nvmlDeviceGetName(self, h):
-        return self._gpus[h][0].encode()
-
-
 def test_detect_gpus_through_nvml(monkeypatch):
-    fake = _FakeNVML([("H200", 140 * 2**30, 100 * 2**30), ("H200", 140 * 2**30, 139 * 2**30)])
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake = install_fake_nvml(monkeypatch, [("H200", 140 * 2**30, 100 * 2**30), ("H200", 140 * 2**30, 139 * 2**30)])
     gpus = discovery.detect_gpus()
     assert [g.index for g in gpus] == [0, 1]
     assert gpus[1].free_memory == 139 * 2**30 and gpus[0].name == "H200"
@@ -95,9 +66,7 @@ def test_detect_gpus_through_nvml(monkeypatch):
 
 
 def test_gpu_resources_and_qsim_gpu_flag(monkeypatch):
-    fake = _FakeNVML([("H200", 140 * 2**30, 100 * 2**30)])
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake = install_fake_nvml(monkeypatch, [("H200", 140 * 2**30, 100 * 2**30)])
     caps = discover(nthreads=1, memory_limit=2**30)
     assert caps.resources()[GPU] == 1
     # PyPI's qsimcirq is CPU-only: a GPU alone must not enable the GPU backend.
@@ -107,7 +76,7 @@ def test_gpu_resources_and_qsim_gpu_flag(monkeypatch):
 
 
 def test_no_nvml_means_no_gpus(monkeypatch):
-    class Broken(_FakeNVML):
+    class Broken(FakeNVML):
         def nvmlInit(self):
             raise RuntimeError("NVML Shared Library Not Found")
 

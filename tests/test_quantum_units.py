@@ -172,3 +172,11 @@ def test_broken_backend_plugin_warns_instead_of_failing(monkeypatch):
     assert names == ["third-party"]
     assert any("broken" in str(w.message) for w in caught)
     monkeypatch.setattr(bk, "_REGISTRY", None)
+
+
+def test_chunk_resources_ask_for_a_gpu_only_for_gpu_circuits():
+    jobs = build_jobs([_random(5)], [None], [10], work="sample", simulator="qsim", view=VIEW, seeds=SeedSource(1))
+    chunk = make_chunks(jobs, VIEW, target=1.0)[0]
+    assert chunk.resources() == {"quantum": 1.0, "statevector_bytes": float(8 * 2**5)}
+    chunk.tasks[0].backend = "qsim-gpu"
+    assert chunk.resources()["gpu"] == 1.0

@@ -60,6 +60,43 @@ def demo(address: str | None, circuits: int, seed: int, quiet: bool) -> None:
     run_demo(address=address, n_circuits=circuits, seed=seed, progress=not quiet)
 
 
+@cli.command()
+@click.option("--address", required=True, envvar="DASK_SCHEDULER_ADDRESS",
+              help="Scheduler address of a running cluster (or DASK_SCHEDULER_ADDRESS).")
+@click.option("--interval", default="1s", show_default=True, help='Time between lines ("500ms", 2).')
+@click.option("--count", type=int, default=None, help="Stop after this many lines (default: until Ctrl-C).")
+def monitor(address: str, interval: str, count: int | None) -> None:
+    """Print live metrics of the cluster at ADDRESS until interrupted.
+
+    Starts the scheduler's monitor at --interval if it is not sampling already,
+    and stops it again on exit; a monitor someone else started is left running.
+    """
+    import time
+
+    from qdask.config import MonitoringConfig, parse_duration
+    from qdask.deploy.cluster import QuantumCluster
+    from qdask.monitoring.client import format_line
+
+    seconds = parse_duration(interval)
+    with QuantumCluster(address=address) as qc:
+        client = qc.get_client()
+        status = client.sync(client.scheduler.qdask_monitor_status)
+        mon = None if status["sampling"] else qc.start_monitoring(MonitoringConfig(sampling_interval=seconds))
+        click.echo(f"Monitoring {address} every {seconds:g} s (Ctrl-C to stop)")
+        printed = 0
+        try:
+            while count is None or printed < count:
+                time.sleep(seconds)
+                click.echo(format_line(qc.detailed_metrics(window=seconds)))
+                printed += 1
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if mon is not None:
+                mon.stop()
+        click.echo(f"stopped after {printed} line(s)")
+
+
 def main() -> None:
     """Entry point of the ``qdask`` script."""
     cli()

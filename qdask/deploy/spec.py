@@ -17,14 +17,14 @@ from qdask.worker.discovery import usable_cores
 from qdask.worker.plugin import QuantumWorkerPlugin
 
 
-def scheduler_plugins() -> list[QuantumSchedulerPlugin]:
-    """Scheduler plugins of a qdask cluster."""
-    return [QuantumSchedulerPlugin()]
+def scheduler_plugins(optimization_level: str | None = None) -> list[QuantumSchedulerPlugin]:
+    """Scheduler plugins of a qdask cluster (``optimization_level``: the cluster's, see docs/hybrid.md)."""
+    return [QuantumSchedulerPlugin(optimization_level=optimization_level)]
 
 
-def worker_plugins(role: str = "quantum") -> list[QuantumWorkerPlugin]:
-    """Worker plugins for a worker of ``role`` ("quantum" or "classical")."""
-    return [QuantumWorkerPlugin(role=role)]
+def worker_plugins(role: str = "quantum", noise: dict[str, float] | None = None) -> list[QuantumWorkerPlugin]:
+    """Worker plugins for a worker of ``role`` ("quantum" or "classical"), emulating ``noise`` if given."""
+    return [QuantumWorkerPlugin(role=role, noise=noise)]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,13 @@ much memory; ``choose`` picks one automatically:
 * circuits with noise channels -> ``qsim-trajectories``;
 * everything else -> ``qsim`` (state vector), or ``qsim-gpu`` from
   ``qdask.gpu.min-qubits`` qubits on where a worker offers it.
+
+``qsimh`` (Schrödinger-Feynman, amplitudes only) is never chosen by ``choose``:
+it is asked for explicitly, or the planner falls back to it for amplitudes too
+wide for any worker at ``optimization_level="aggressive"``.
+
+On a worker that emulates a noisy device (:mod:`qdask.hybrid.noise`) every
+backend samples with the device's noise applied.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "qdask.backends"
 WORKS = ("sample", "state", "expectation", "amplitudes")
+#: Schrödinger-Feynman amplitudes (qdask.hybrid.schrodinger_feynman).
+QSIMH = "qsimh"
+#: What "auto" may pick without automatic backend choice (optimization_level="none"):
+#: the backends a serial ``qsimcirq.QSimSimulator`` uses.
+SERIAL_EQUIVALENT = ("qsim", "qsim-trajectories")
 #: Widest density matrix cirq's simulator is allowed (16**n bytes of complex64).
 DENSITY_MATRIX_MAX_QUBITS = 12
 
@@ -119,6 +131,16 @@ def _records(result: cirq.Result) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.int8) for k, v in result.records.items()}
 
 
+def _on_noisy_device(circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray] | None:
+    """Samples with this worker's emulated device noise; None on a noiseless worker."""
+    from qdask.hybrid.noise import device_noise, sample_on_device
+
+    noise = device_noise()
+    if noise is None:
+        return None
+    return sample_on_device(noise, circuit, repetitions, opts.first_seed, opts.threads)
+
+
 class QSimBackend:
     """qsim state-vector simulation on the CPU (noiseless circuits)."""
 
@@ -166,6 +188,9 @@ class QSimBackend:
         return qsimcirq.QSimSimulator(options, seed=seed)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
+        noisy = _on_noisy_device(circuit, repetitions, opts)
+        if noisy is not None:
+            return noisy
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
@@ -234,6 +259,9 @@ class StimBackend:
         # plus stim's seeded sampler makes the samples reproducible.
         from stimcirq._cirq_to_stim import cirq_circuit_to_stim_data
 
+        noisy = _on_noisy_device(circuit, repetitions, opts)
+        if noisy is not None:
+            return noisy
         stim_circuit, key_ranges = cirq_circuit_to_stim_data(circuit, flatten=True)
         samples = stim_circuit.compile_sampler(seed=opts.first_seed).sample(repetitions)
         lengths: dict[str, int] = {}
@@ -278,6 +306,9 @@ class DensityMatrixBackend:
         return cirq.DensityMatrixSimulator(dtype=np.complex64, seed=opts.first_seed)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
+        noisy = _on_noisy_device(circuit, repetitions, opts)
+        if noisy is not None:
+            return noisy
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
@@ -291,6 +322,53 @@ class DensityMatrixBackend:
             circuit, observables=observables, qubit_order=qubit_order, initial_state=opts.initial_state
         )
         return np.asarray(values, dtype=np.complex128)
+
+
+class QSimhBackend:
+    """qsimh Schrödinger-Feynman amplitudes of circuits too wide for a state vector.
+
+    Memory is three state vectors of each half of the qubits, not one of all of
+    them; time grows with the Schmidt rank of the gates across the cut. The
+    engine spreads a circuit's prefix paths over the workers
+    (:mod:`qdask.hybrid.schrodinger_feynman`); :meth:`amplitudes` sums all of
+    them in one call (``optimization_level="none"``).
+    """
+
+    name = QSIMH
+
+    def available(self) -> bool:
+        return QSimBackend().available()
+
+    def version(self) -> str:
+        return QSimBackend().version()
+
+    def unsupported(self, info: CircuitInfo, work: str) -> str | None:
+        if work != "amplitudes":
+            return f"Schrödinger-Feynman computes amplitudes only (asked for {work})"
+        if info.has_noise:
+            return "the circuit has noise channels"
+        if info.num_qubits < 2:
+            return "a cut needs at least two qubits"
+        if info.unsupported_gates:
+            return f"gates without a unitary: {sorted(info.unsupported_gates)}"
+        return None
+
+    def memory_bytes(self, info: CircuitInfo, work: str) -> int:
+        """Least any cut needs: both halves equal (the chosen cut's own need is requested per task)."""
+        from qdask.hybrid.schrodinger_feynman import STATES_PER_PART
+
+        half = (info.num_qubits + 1) // 2
+        return STATES_PER_PART * 2 * statevector_bytes(half)
+
+    def amplitudes(
+        self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        from qdask.hybrid import schrodinger_feynman as sf
+
+        prep = sf.prepare(circuit, qubit_order)
+        # The halves the planner's memory check admitted.
+        cut = sf.plan_cut(prep, max_part=(len(prep.qubits) + 1) // 2)
+        return sf.serial_amplitudes(prep, cut, bitstrings, opts.threads)
 
 
 _REGISTRY: dict[str, Backend] | None = None

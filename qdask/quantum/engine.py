@@ -19,6 +19,12 @@ import numpy as np
 from distributed import Client, Future, as_completed
 from tqdm import tqdm
 
+from qdask import config
+from qdask.fault import client as fault
+from qdask.fault.batch import BatchGuard
+from qdask.hybrid import schrodinger_feynman
+from qdask.hybrid.levels import OptimizationPolicy
+from qdask.quantum.backends import QSIMH
 from qdask.quantum.execute import TaskResult, dump_tasks, paused_gc, run_chunk, unpack_records
 from qdask.quantum.plan import (
     Chunk,
@@ -30,7 +36,6 @@ from qdask.quantum.plan import (
     resolve_priority,
     target_chunk_seconds,
 )
-from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ class Submission:
     futures: list[Future]
     circuit_bytes: int = 0  # serialized chunks sent to the workers
     submitted: float = field(default_factory=time.perf_counter)
+    # Fault tolerance (enable_fault_tolerance): checkpoints and poison circuits; None when off.
+    guard: BatchGuard | None = None
 
 
 @dataclass
@@ -88,6 +95,9 @@ class Engine:
         Dask priority or class ("low", "normal", "high", "critical").
     progress : bool, default False
         Show a progress bar while waiting for results.
+    optimization_level : {"none", "basic", "aggressive"}, optional
+        What qdask may decide (``docs/hybrid.md``); default the cluster's
+        (``HybridConfig(optimization_level=...)``), read at every batch.
     """
 
     def __init__(
@@ -98,6 +108,7 @@ class Engine:
         simulator: str = "auto",
         priority: int | str = "normal",
         progress: bool = False,
+        optimization_level: str | None = None,
     ) -> None:
         if client is None:
             from distributed import default_client
@@ -108,6 +119,7 @@ class Engine:
         self.simulator = simulator
         self.priority = resolve_priority(priority)
         self.progress = progress
+        self.optimization_level = optimization_level
         self.last = BatchStats()
 
     def view(self) -> ClusterView:
@@ -123,6 +135,18 @@ class Engine:
             ) from e
         return ClusterView.from_rows(rows)
 
+    def policy(self) -> OptimizationPolicy:
+        """The optimization policy of the next batch: this engine's level, else the cluster's."""
+        level = self.optimization_level
+        if level is None:
+            try:
+                level = self.client.sync(self.client.scheduler.qdask_optimization_level)
+            except Exception as e:
+                if "qdask_optimization_level" not in str(e):
+                    raise
+                level = config.get("hybrid.optimization-level")  # a scheduler from before levels
+        return OptimizationPolicy.for_level(level)
+
     # -- submit ------------------------------------------------------------------
     def submit(
         self,
@@ -137,6 +161,7 @@ class Engine:
     ) -> Submission:
         """Validate, plan and submit a batch; returns at once."""
         view = self.view()
+        policy = self.policy()
         with paused_gc():
             jobs = build_jobs(
                 programs,
@@ -147,14 +172,26 @@ class Engine:
                 view=view,
                 seeds=self.seeds,
                 extra=extra,
+                policy=policy,
             )
-            chunks = make_chunks(jobs, view, target_chunk_seconds(jobs, view))
+            ft = fault.active(self.client)
+            # Circuits whose result is checkpointed are restored, not run.
+            guard = BatchGuard(self, ft, jobs) if ft is not None else None
+            todo = guard.to_run if guard is not None else jobs
+            # Schrödinger-Feynman jobs are spread over prefix paths, not chunked.
+            paths = [j for j in todo if j.backend == QSIMH and policy.split_paths]
+            todo = [j for j in todo if not (j.backend == QSIMH and policy.split_paths)]
+            chunks = make_chunks(todo, view, target_chunk_seconds(todo, view), policy)
         prio = self.priority if priority is None else resolve_priority(priority)
-        sub = Submission(jobs, chunks, [])
+        sub = Submission(jobs, chunks, [], guard=guard)
         for chunk in chunks:
             blob = dump_tasks(chunk.tasks)
             sub.circuit_bytes += len(blob)
             sub.futures.append(self._submit_chunk(chunk, blob, work, prio))
+        for job in paths:
+            sub.futures.append(schrodinger_feynman.submit_job(self.client, job, view, prio))
+        if guard is not None:
+            guard.attach(sub, prio)
         for job in jobs:
             logger.debug("circuit %d: %d qubits -> %s", job.index, job.info.num_qubits, job.backend)
         return sub
@@ -166,7 +203,7 @@ class Engine:
                 run_chunk,
                 blob,
                 key=key,
-                resources={QUANTUM: 1, STATEVECTOR_BYTES: chunk.memory},
+                resources=chunk.resources(),
                 priority=priority,
                 pure=False,
             )
@@ -179,15 +216,21 @@ class Engine:
         backends: Counter[str] = Counter()
         workers: Counter[str] = Counter()
         bar = tqdm(total=len(sub.jobs), desc="circuits", unit="circ", disable=not self.progress)
+        guard = sub.guard
         try:
-            for fut in as_completed(sub.futures):
-                for r in fut.result():
+            futures = as_completed(sub.futures)
+            for fut in futures:
+                # The guard may hand a chunk's circuits back one task each (added to `futures`).
+                results = fut.result() if guard is None else guard.result(fut, futures)
+                for r in results:
                     by_index[r.index].append(r)
                     stats.result_bytes += r.nbytes
                     workers[r.worker] += 1
                     if r.start == 0:
                         backends[r.backend] += 1
                         bar.update()
+                if guard is not None:
+                    guard.record(fut, results)
         finally:
             bar.close()
         stats.seconds = time.perf_counter() - sub.submitted
@@ -195,6 +238,8 @@ class Engine:
         self.last = stats
         for results in by_index.values():
             results.sort(key=lambda r: r.start)
+        if guard is not None:
+            guard.finish(by_index)  # checkpoints flushed; raises PoisonCircuitError for circuits that failed
         return by_index
 
     def collect_async(self, sub: Submission) -> concurrent.futures.Future:

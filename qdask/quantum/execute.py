@@ -19,6 +19,7 @@ import cirq
 import cloudpickle
 import numpy as np
 
+from qdask.fault.worker import raise_if_isolated, report_quantum_error
 from qdask.quantum import backends as bk
 from qdask.quantum.plan import Task
 
@@ -73,7 +74,12 @@ def _nbytes(payload: Any) -> int:
 def run_task(task: Task, worker: str = "") -> TaskResult:
     """Run one task on its backend (in this process)."""
     backend = bk.get_backend(task.backend)
-    opts = bk.RunOptions(seeds=task.seeds, threads=task.threads, initial_state=task.extra.get("initial_state", 0))
+    opts = bk.RunOptions(
+        seeds=task.seeds,
+        threads=task.threads,
+        max_fused_gate_size=task.fused_gate_size,
+        initial_state=task.extra.get("initial_state", 0),
+    )
     circuit = cirq.resolve_parameters(task.circuit, task.resolver) if task.resolver.param_dict else task.circuit
     t0 = time.perf_counter()
     try:
@@ -92,6 +98,7 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
         else:  # pragma: no cover - plan only produces the four kinds
             raise ValueError(f"unknown work {task.work!r}")
     except Exception as e:
+        report_quantum_error(task.index, task.backend, e)  # to the scheduler's failure handlers
         raise QuantumTaskError(f"circuit {task.index} failed on backend {task.backend!r}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
     logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, task.backend, seconds)
@@ -135,4 +142,5 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
         worker = ""
     with paused_gc():
         tasks: list[Task] = pickle.loads(blob)
+        raise_if_isolated(len(tasks))  # a retry after this chunk's worker died (qdask.fault)
         return [run_task(t, worker) for t in tasks]

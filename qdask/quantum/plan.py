@@ -17,6 +17,8 @@ from dask.utils import format_bytes
 
 from qdask import config
 from qdask.quantum import backends as bk
+from qdask.hybrid.levels import OptimizationPolicy
+from qdask.hybrid.routing import LOWEST_ERROR
 from qdask.quantum.analysis import CircuitInfo, analyze
 from qdask.quantum.cost import CostModel
 from qdask.quantum.validate import (
@@ -28,25 +30,8 @@ from qdask.quantum.validate import (
     UnsupportedGateError,
     check_repetitions,
 )
-from qdask.worker.discovery import max_qubits_for
-
-#: Priority classes of the contract, as Dask priorities (higher runs first).
-PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 100}
-
-
-def resolve_priority(priority: int | str) -> int:
-    """A Dask priority from an int or a class name ("low", "normal", "high", "critical")."""
-    if isinstance(priority, str):
-        if priority not in PRIORITIES:
-            raise ValueError(
-                f"priority={priority!r} is not a priority class: allowed {list(PRIORITIES)} or an int. "
-                "Fix: priority='high' or priority=5."
-            )
-        return PRIORITIES[priority]
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"priority={priority!r} must be an int or one of {list(PRIORITIES)}.")
-    return priority
-
+from qdask.scheduler.placement import resolve_priority
+from qdask.worker.discovery import GPU, QUANTUM, STATEVECTOR_BYTES, max_qubits_for
 
 @dataclass(frozen=True)
 class ClusterView:
@@ -120,6 +105,7 @@ class Task:
     seeds: np.ndarray
     threads: int
     extra: dict[str, Any]
+    fused_gate_size: int = 2  # qsim max_fused_gate_size (optimization level)
 
 
 @dataclass
@@ -130,11 +116,12 @@ class Chunk:
     est_seconds: float
     memory: int
     qubits: int
+    route: str | None = None  # "lowest-error": noise-aware routing (qdask.hybrid.routing)
 
     def annotation(self, priority: int) -> dict[str, Any]:
         """The ``qdask`` task annotation read by scheduling, elastic scaling and monitoring."""
         backends = {t.backend for t in self.tasks}
-        return {
+        annotation = {
             "kind": "circuit",
             "circuits": len(self.tasks),
             "qubits": self.qubits,
@@ -143,6 +130,16 @@ class Chunk:
             "statevector_bytes": self.memory,
             "priority": priority,
         }
+        if self.route is not None:
+            annotation["route"] = self.route
+        return annotation
+
+    def resources(self) -> dict[str, float]:
+        """Dask resources the chunk's task requests: a slot, its state vector, a GPU if it uses one."""
+        res = {QUANTUM: 1.0, STATEVECTOR_BYTES: float(self.memory)}
+        if any(t.backend == "qsim-gpu" for t in self.tasks):
+            res[GPU] = 1.0
+        return res
 
     @property
     def cost_class(self) -> str:
@@ -178,14 +175,19 @@ def build_jobs(
     view: ClusterView,
     seeds: SeedSource,
     extra: list[dict[str, Any]] | None = None,
+    policy: OptimizationPolicy | None = None,
 ) -> list[Job]:
     """Validate the batch and turn it into jobs, in the caller's order.
+
+    ``policy`` (default: the ``basic`` level) decides whether "auto" may pick
+    any backend and whether too-wide amplitudes fall back to ``qsimh``.
 
     Raises a :class:`~qdask.quantum.validate.CircuitError` subclass naming the
     circuit for anything that would fail (or crash a worker) later.
     """
     if simulator != "auto":
         bk.get_backend(simulator)  # unknown name: lists the installed ones
+    policy = policy if policy is not None else OptimizationPolicy.for_level("basic")
     jobs: list[Job] = []
     for p, (program, sweep, reps) in enumerate(zip(programs, sweeps, repetitions)):
         info = analyze(program)
@@ -215,9 +217,11 @@ def build_jobs(
                     "gates with cirq.unitary, cirq.mixture or cirq.kraus",
                     "decompose them (cirq.decompose) into standard gates",
                 )
-            backend_name = _backend_for(index, info, work, simulator, view)
+            backend_name = _backend_for(index, info, work, simulator, view, policy)
             backend = bk.get_backend(backend_name)
             memory = backend.memory_bytes(info, work)
+            if memory > view.max_statevector_bytes and simulator == "auto" and policy.sf_fallback:
+                backend_name, backend, memory = _paths_fallback(info, work, view, backend_name, backend, memory)
             if memory > view.max_statevector_bytes:
                 workspace = config.get("worker.final-state-workspace" if work == "state" else "worker.sampling-workspace")
                 widest = max_qubits_for(view.max_statevector_bytes, workspace)
@@ -227,7 +231,8 @@ def build_jobs(
                     f"more than any worker holds ({format_bytes(view.max_statevector_bytes)})",
                     f"{widest} qubits on this cluster",
                     "add workers with more memory (ClusterConfig(memory_per_node=...)), "
-                    "or compute amplitudes with Schrödinger-Feynman splitting",
+                    "or compute amplitudes with Schrödinger-Feynman splitting (simulator='qsimh', "
+                    "or optimization_level='aggressive' to fall back to it)",
                 )
             draws = bk.seed_draws(backend, info, work, reps)
             jobs.append(
@@ -249,10 +254,24 @@ def build_jobs(
     return jobs
 
 
-def _backend_for(index: int, info: CircuitInfo, work: str, simulator: str, view: ClusterView) -> str:
+def _paths_fallback(
+    info: CircuitInfo, work: str, view: ClusterView, name: str, backend: bk.Backend, memory: int
+) -> tuple[str, bk.Backend, int]:
+    """``qsimh`` instead of a state vector that fits no worker, where it can run the circuit."""
+    paths = bk.registry().get(bk.QSIMH)
+    if paths is None or bk.QSIMH not in view.backends or paths.unsupported(info, work) is not None:
+        return name, backend, memory
+    return bk.QSIMH, paths, paths.memory_bytes(info, work)
+
+
+def _backend_for(
+    index: int, info: CircuitInfo, work: str, simulator: str, view: ClusterView, policy: OptimizationPolicy
+) -> str:
     if simulator == "auto":
+        # Without automatic choice, "auto" is what a serial QSimSimulator does.
+        allowed = sorted(view.backends if policy.auto_backend else view.backends & set(bk.SERIAL_EQUIVALENT))
         try:
-            return bk.choose(info, work, allowed=sorted(view.backends))
+            return bk.choose(info, work, allowed=allowed)
         except ValueError as e:
             raise BackendMismatchError(
                 index, str(e), f"backends on this cluster: {sorted(view.backends)}", "install a backend that can run it"
@@ -288,7 +307,9 @@ def target_chunk_seconds(jobs: list[Job], view: ClusterView) -> float:
     return min(hi, max(lo, total / (4 * max(view.slots, 1))))
 
 
-def make_chunks(jobs: list[Job], view: ClusterView, target: float) -> list[Chunk]:
+def make_chunks(
+    jobs: list[Job], view: ClusterView, target: float, policy: OptimizationPolicy | None = None
+) -> list[Chunk]:
     """Pack small jobs into chunks of about ``target`` seconds; big jobs run alone.
 
     Jobs whose every repetition is a separate simulation (noise, mid-circuit
@@ -296,7 +317,14 @@ def make_chunks(jobs: list[Job], view: ClusterView, target: float) -> list[Chunk
     of repetitions, each with its slice of the seed stream. Chunks come back
     longest first (largest-processing-time order), which is the order they are
     submitted and so the order each worker runs them.
+
+    ``policy`` (default ``basic``): without batching every job is one chunk;
+    with ``split_shots`` long-enough per-repetition jobs are spread over every
+    slot; with ``noise_routing`` sampling chunks ask for the lowest-error device.
     """
+    policy = policy if policy is not None else OptimizationPolicy.for_level("basic")
+    if not policy.batching:
+        target = math.inf
     chunks: list[Chunk] = []
     small: list[Task] = []
     small_est = 0.0
@@ -306,15 +334,15 @@ def make_chunks(jobs: list[Job], view: ClusterView, target: float) -> list[Chunk
     def flush() -> None:
         nonlocal small, small_est, small_mem, small_qubits
         if small:
-            chunks.append(Chunk(small, small_est, small_mem, small_qubits))
+            chunks.append(Chunk(small, small_est, small_mem, small_qubits, _route(small[0].work, policy)))
         small, small_est, small_mem, small_qubits = [], 0.0, 0, 0
 
     for job in jobs:
-        if job.est_seconds >= target:
-            for task, est in _split(job, view, target):
-                chunks.append(Chunk([task], est, job.memory, job.info.num_qubits))
+        if job.est_seconds >= target or not policy.batching or _spread_shots(job, policy):
+            for task, est in _split(job, view, target, policy):
+                chunks.append(Chunk([task], est, job.memory, job.info.num_qubits, _route(job.work, policy)))
             continue
-        small.append(_task(job, job.seeds, 0, job.repetitions, threads=1))
+        small.append(_task(job, job.seeds, 0, job.repetitions, 1, policy))
         small_est += job.est_seconds
         small_mem = max(small_mem, job.memory)
         small_qubits = max(small_qubits, job.info.num_qubits)
@@ -325,21 +353,33 @@ def make_chunks(jobs: list[Job], view: ClusterView, target: float) -> list[Chunk
     return chunks
 
 
-def _split(job: Job, view: ClusterView, target: float) -> list[tuple[Task, float]]:
+def _route(work: str, policy: OptimizationPolicy) -> str | None:
+    # Devices emulate noise when sampling only (qdask.hybrid.noise): route samples.
+    return LOWEST_ERROR if policy.noise_routing and work == "sample" else None
+
+
+def _spread_shots(job: Job, policy: OptimizationPolicy) -> bool:
+    """A per-repetition job worth spreading over every slot (``aggressive``)."""
+    floor = 2 * config.parse_duration(config.get("quantum.min-chunk-duration"))
+    return policy.split_shots and job.work == "sample" and job.info.per_repetition and job.est_seconds >= floor
+
+
+def _split(job: Job, view: ClusterView, target: float, policy: OptimizationPolicy) -> list[tuple[Task, float]]:
     threads = view.big_threads if job.info.num_qubits >= 16 else 1
     if job.work != "sample" or not job.info.per_repetition or job.repetitions <= 1 or len(job.seeds) != job.repetitions:
-        return [(_task(job, job.seeds, 0, job.repetitions, threads), job.est_seconds)]
-    blocks = min(job.repetitions, max(1, math.ceil(job.est_seconds / target)))
+        return [(_task(job, job.seeds, 0, job.repetitions, threads, policy), job.est_seconds)]
+    least = view.slots if _spread_shots(job, policy) else 1
+    blocks = min(job.repetitions, max(least, math.ceil(job.est_seconds / target)))
     edges = np.linspace(0, job.repetitions, blocks + 1).astype(int)
     per_rep = job.est_seconds / job.repetitions
     return [
-        (_task(job, job.seeds[a:b], int(a), int(b - a), threads), per_rep * (b - a))
+        (_task(job, job.seeds[a:b], int(a), int(b - a), threads, policy), per_rep * (b - a))
         for a, b in zip(edges[:-1], edges[1:])
         if b > a
     ]
 
 
-def _task(job: Job, seeds: np.ndarray, start: int, repetitions: int, threads: int) -> Task:
+def _task(job: Job, seeds: np.ndarray, start: int, repetitions: int, threads: int, policy: OptimizationPolicy) -> Task:
     return Task(
         index=job.index,
         start=start,
@@ -351,4 +391,5 @@ def _task(job: Job, seeds: np.ndarray, start: int, repetitions: int, threads: in
         seeds=seeds,
         threads=threads,
         extra=job.extra,
+        fused_gate_size=policy.fusion_for(job.info.num_qubits),
     )

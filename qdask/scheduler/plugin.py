@@ -7,7 +7,18 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import SchedulerPlugin
 
-from qdask.scheduler.placement import seed_prefix_durations
+from qdask.monitoring import dashboard
+from qdask.monitoring.events import EventStore
+from qdask.monitoring.sampler import Monitor
+from qdask.config import LoadBalancerConfig
+from qdask.fault.events import ANNOTATION as FAULT_ANNOTATION
+from qdask.fault.events import WORKER_TOPIC as QUANTUM_ERRORS_TOPIC
+from qdask.fault.scheduler import FaultManager
+from qdask.hybrid.noise import TOPIC as NOISE_TOPIC
+from qdask.hybrid.routing import HybridRouting
+from qdask.scheduler.balancer import LoadBalancer
+from qdask.scheduler.elastic import ElasticSupport
+from qdask.scheduler.placement import Placement
 from qdask.scheduler.registry import ResourceRegistry
 from qdask.worker.plugin import CAPABILITIES_TOPIC
 
@@ -33,29 +44,93 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
         one row per worker: capabilities, resources and what is in use.
     ``qdask_registry_events``
         joins and leaves with their times and causes.
+    ``qdask_monitor_*``, ``qdask_metrics``, ``qdask_analyze``, ...
+        monitoring (see :meth:`qdask.monitoring.sampler.Monitor.handlers`).
+    ``qdask_fault_*``
+        fault tolerance (see :meth:`qdask.fault.scheduler.FaultManager.handlers`).
+    ``qdask_elastic_*``
+        queued quantum work, safe retirement and scaling events for elastic
+        scaling (see :class:`qdask.scheduler.elastic.ElasticSupport`).
+    ``qdask_optimization_level``
+        the cluster's optimization level (see :mod:`qdask.hybrid.routing`).
+
+    Parameters
+    ----------
+    optimization_level : {"none", "basic", "aggressive"}, optional
+        The cluster's level (``HybridConfig.optimization_level``); None follows
+        ``qdask.hybrid.optimization-level`` on the scheduler.
+
+    Attributes
+    ----------
+    events : qdask.monitoring.events.EventStore
+        Failures, recoveries, migrations and scaling events; fault tolerance,
+        the load balancer and elastic scaling record theirs here.
+    monitor : qdask.monitoring.sampler.Monitor
+        The metrics sampler (off until ``start_monitoring``).
+    fault : qdask.fault.scheduler.FaultManager
+        Failure detection, redistribution and recovery timing (always on), and
+        the settings of ``enable_fault_tolerance``.
+    elastic : qdask.scheduler.elastic.ElasticSupport
+        What ``enable_elastic_scaling``'s Adaptive asks of the scheduler.
+    routing : qdask.hybrid.routing.HybridRouting
+        Classical tasks to classical workers, circuits to the lowest-error device.
     """
 
     name = NAME
     idempotent = True
 
-    def __init__(self) -> None:
+    def __init__(self, optimization_level: str | None = None) -> None:
+        self.optimization_level = optimization_level
+        self.routing: HybridRouting | None = None
         self.scheduler: Scheduler | None = None
         self.registry: ResourceRegistry | None = None
+        self.placement: Placement | None = None
+        self.balancer: LoadBalancer | None = None
+        self.events = EventStore()
+        self.monitor: Monitor | None = None
+        self.fault: FaultManager | None = None
+        self.elastic: ElasticSupport | None = None
+        # Built before the Scheduler in the usual case (LocalCluster plugins=),
+        # so the scheduler's dashboard serves /qdask.
+        dashboard.register()
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self.registry = ResourceRegistry(scheduler)
+        self.placement = Placement(scheduler)
+        self.balancer = LoadBalancer(scheduler, self.events.record)
+        self.routing = HybridRouting(scheduler, self.registry, self.optimization_level)
         for address in scheduler.workers:
             self.registry.add(address)
+            self.routing.add_worker(address)
         scheduler.extensions[NAME] = self
         scheduler.handlers.update(
             {
                 "qdask_resources": self._resources_handler,
                 "qdask_registry_events": self._events_handler,
+                "qdask_balancer_configure": self._balancer_configure,
+                "qdask_balancer_stop": self._balancer_stop,
+                "qdask_balancer_status": self._balancer_status,
             }
         )
+        self.monitor = Monitor(scheduler, self.events)
+        scheduler.handlers.update(self.monitor.handlers())
+        self.fault = FaultManager(scheduler, self.events)
+        scheduler.handlers.update(self.fault.handlers())
+        self.elastic = ElasticSupport(scheduler, self.events)
+        scheduler.handlers.update(self.elastic.handlers())
+        scheduler.handlers.update(self.routing.handlers())
+        dashboard.add_nav_link(scheduler)
 
     async def close(self) -> None:
+        if self.balancer is not None:
+            await self.balancer.stop()
+        if self.placement is not None:
+            self.placement.close()
+        if self.monitor is not None:
+            self.monitor.close()
+        if self.fault is not None:
+            self.fault.close()
         if self.scheduler is not None:
             self.scheduler.extensions.pop(NAME, None)
 
@@ -63,11 +138,18 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         assert self.registry is not None
         self.registry.add(worker)
+        if self.routing is not None:
+            self.routing.add_worker(worker)
 
-    def update_graph(self, scheduler: Scheduler, *, annotations: dict[str, dict[Any, Any]], **kwargs: Any) -> None:
-        qdask_tasks = annotations.get("qdask")
-        if qdask_tasks:
-            seed_prefix_durations(scheduler, qdask_tasks)
+    def update_graph(
+        self, scheduler: Scheduler, *, tasks: list[Any], annotations: dict[str, dict[Any, Any]], **kwargs: Any
+    ) -> None:
+        if self.placement is not None:
+            self.placement.update_graph(annotations.get("qdask", {}), tasks)
+        if self.fault is not None:
+            self.fault.update_graph(annotations.get(FAULT_ANNOTATION, {}))
+        if self.routing is not None:  # after placement: it reads the resource restrictions set there
+            self.routing.update_graph(annotations.get("qdask", {}), tasks)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if self.registry is None or not isinstance(msg, dict):
@@ -76,18 +158,37 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
         if topic == "all" and action == "remove-worker":
             # Published before the remove_worker hook, and the only place that
             # says whether the leave was expected and which tasks it affected.
-            self.registry.remove(
-                msg["worker"],
-                expected=bool(msg.get("expected")),
-                tasks=[str(k) for k in msg.get("processing-tasks", ())],
-            )
+            tasks = [str(k) for k in msg.get("processing-tasks", ())]
+            rec = self.registry.remove(msg["worker"], expected=bool(msg.get("expected")), tasks=tasks)
+            if rec is not None and rec.cause == "died":
+                self.events.record("node_failure", worker=rec.address, cause=rec.cause, keys=tasks)
+            if self.fault is not None:
+                self.fault.remove_worker(msg)  # handlers, redistribution, recovery timing
+            if self.routing is not None:
+                self.routing.remove_worker(msg["worker"])  # before Dask reschedules its tasks
         elif topic == CAPABILITIES_TOPIC and "worker" in msg:
             self.registry.set_capabilities(msg["worker"], msg["capabilities"])
+        elif topic == NOISE_TOPIC and "worker" in msg and self.routing is not None:
+            self.routing.set_noise(msg["worker"], msg.get("noise"))
+        elif topic == QUANTUM_ERRORS_TOPIC and self.fault is not None:
+            self.fault.worker_event(msg)
 
     # -- handlers ----------------------------------------------------------------
     def _resources_handler(self) -> list[dict[str, Any]]:
-        assert self.registry is not None
-        return self.registry.snapshot()
+        assert self.registry is not None and self.routing is not None
+        return self.routing.annotate(self.registry.snapshot())
+
+    async def _balancer_configure(self, config: dict[str, Any]) -> dict[str, Any]:
+        assert self.balancer is not None
+        return await self.balancer.configure(LoadBalancerConfig(**config))
+
+    async def _balancer_stop(self) -> dict[str, Any]:
+        assert self.balancer is not None
+        return await self.balancer.stop()
+
+    def _balancer_status(self) -> dict[str, Any]:
+        assert self.balancer is not None
+        return self.balancer.status()
 
     def _events_handler(self) -> list[dict[str, Any]]:
         assert self.registry is not None

@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 from distributed import WorkerPlugin
 from distributed.core import Status
 
+from qdask.monitoring.worker import METRIC, WorkerMetrics
+from qdask import config
+from qdask.hybrid import noise as device
+from qdask.hybrid.noise import DeviceNoise
 from qdask.worker.discovery import Capabilities, discover
 
 if TYPE_CHECKING:
@@ -36,18 +40,24 @@ class QuantumWorkerPlugin(WorkerPlugin):
     role : {"quantum", "classical"}, default "quantum"
         Quantum workers expose ``quantum`` slots and ``statevector_bytes``;
         classical workers expose neither, so circuits never land there.
+    noise : dict, optional
+        Emulated device noise of a quantum worker, e.g. ``{"gate_error": 0.01,
+        "readout_error": 0.02}`` (:class:`qdask.hybrid.noise.DeviceNoise`);
+        default ``qdask.worker.noise`` on the worker.
     """
 
     name = "qdask-worker"
     idempotent = True
 
-    def __init__(self, role: str = "quantum") -> None:
+    def __init__(self, role: str = "quantum", noise: dict[str, float] | None = None) -> None:
         if role not in ROLES:
             raise ValueError(
                 f"QuantumWorkerPlugin(role={role!r}) is invalid: allowed {ROLES}. "
                 "Fix: QuantumWorkerPlugin(role='quantum')."
             )
         self.role = role
+        DeviceNoise.coerce(noise)  # validates; a plain dict travels to the worker
+        self.noise = noise
 
     async def setup(self, worker: Worker) -> None:
         caps = discover(
@@ -56,6 +66,8 @@ class QuantumWorkerPlugin(WorkerPlugin):
             quantum=self.role == "quantum",
         )
         worker.qdask_capabilities = caps  # type: ignore[attr-defined]
+        # Latency, bytes sent and per-GPU readings ride on every heartbeat.
+        worker.metrics[METRIC] = WorkerMetrics([g.index for g in caps.gpus])
         # Resources the user declared explicitly (--resources) win over discovery.
         declared = worker.state.total_resources
         resources = {k: v for k, v in caps.resources().items() if k not in declared}
@@ -69,6 +81,10 @@ class QuantumWorkerPlugin(WorkerPlugin):
             if resources:
                 await worker.set_resources(**resources)
             worker.log_event(CAPABILITIES_TOPIC, {"capabilities": caps.to_dict()})
+        if self.role == "quantum":
+            noise = DeviceNoise.coerce(self.noise if self.noise is not None else config.get("worker.noise"))
+            if noise is not None:
+                device.install(worker, noise)
         logger.info(
             "qdask %s worker: %d slot(s), %d-qubit max, qsim %s%s",
             caps.role,

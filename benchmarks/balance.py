@@ -1,0 +1,242 @@
+"""Load balancing: qdask vs plain Dask (work stealing on), as ratios to the lower bound.
+
+Scenarios (issue 4), 2 workers x 1 thread on 127.0.0.1:
+
+(a) mixed-width circuits (10-20 qubits) arriving in three bursts;
+(b) one worker running at half speed (it shares its core with a busy process);
+(c) a second worker added a quarter of the way through;
+(d) priority latency: 500 low-priority circuits queued, then 20 "high" ones;
+(e) overhead: 10,000 no-op plain Dask tasks with and without the qdask plugins.
+
+Lower bounds come from serial single-thread qsim times of the same circuits:
+(a) sum / 2, (b) sum / 1.5, (c) t_join + (sum - t_join) / 2.
+
+Usage: ``python benchmarks/balance.py [--only a,b,c,d,e]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import cirq
+import numpy as np
+from distributed import Client, LocalCluster, wait
+
+import qdask
+from qdask import ClusterConfig, QuantumCluster
+
+sys.path.insert(0, os.path.dirname(__file__))
+from throughput import run_one  # noqa: E402  (the same per-circuit work as the peers)
+
+LOOPBACK = dict(host="127.0.0.1", dashboard_address="127.0.0.1:0")
+
+
+def circuits(n: int, widths: tuple[int, int], depth: int, seed: int) -> list[cirq.Circuit]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        q = cirq.LineQubit.range(int(rng.integers(widths[0], widths[1] + 1)))
+        c = cirq.testing.random_circuit(q, n_moments=depth, op_density=0.8, random_state=int(rng.integers(2**31)))
+        out.append(c + cirq.measure(*q, key="m"))
+    return out
+
+
+def serial_times(cs: list[cirq.Circuit], reps: int = 100) -> list[float]:
+    times = []
+    for i, c in enumerate(cs):
+        t0 = time.perf_counter()
+        run_one(c, reps, i)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def qdask_cluster(n: int) -> QuantumCluster:
+    return QuantumCluster(ClusterConfig(num_nodes=n, memory_per_node="4GiB"))
+
+
+def plain_cluster(n: int) -> LocalCluster:
+    return LocalCluster(n_workers=n, threads_per_worker=1, memory_limit="4GiB", **LOOPBACK)
+
+
+def add_worker(cluster: LocalCluster) -> None:
+    cluster.scale(len(cluster.worker_spec) + 1)
+
+
+# -- runners: submit bursts, return wall time to the last result ------------------------
+def run_qdask(client: Client, bursts: list[list[cirq.Circuit]], gap: float, during=None) -> float:
+    sampler = qdask.Sampler(client, seed=1)
+    t0 = time.perf_counter()
+    subs = []
+    for i, burst in enumerate(bursts):
+        if i:
+            time.sleep(gap)
+        subs.append(sampler.engine.submit(burst, [None] * len(burst), [100] * len(burst), work="sample"))
+        if during and i == 0:
+            during()
+    for sub in subs:
+        sampler.engine.collect(sub)
+    return time.perf_counter() - t0
+
+
+def run_plain(client: Client, bursts: list[list[cirq.Circuit]], gap: float, during=None) -> float:
+    t0 = time.perf_counter()
+    futures = []
+    for i, burst in enumerate(bursts):
+        if i:
+            time.sleep(gap)
+        futures += [client.submit(run_one, c, 100, j, pure=False) for j, c in enumerate(burst)]
+        if during and i == 0:
+            during()
+    wait(futures)
+    return time.perf_counter() - t0
+
+
+def warm(client: Client) -> None:
+    client.run(lambda: run_one(cirq.Circuit(cirq.measure(cirq.LineQubit(0))), 1, 0))
+
+
+def scenario_a() -> dict:
+    cs = circuits(90, (10, 20), 16, seed=1)
+    bound = sum(serial_times(cs)) / 2
+    bursts = [cs[:30], cs[30:60], cs[60:]]
+    with qdask_cluster(2) as qc:
+        warm(qc.get_client())
+        q = run_qdask(qc.get_client(), bursts, gap=0.5)
+    with plain_cluster(2) as pc, Client(pc) as c:
+        warm(c)
+        p = run_plain(c, bursts, gap=0.5)
+    return {"name": "(a) bursts", "bound": bound, "qdask": q, "plain": p}
+
+
+class HalfSpeed:
+    """Pin one worker and a busy process to core 0, the other worker to core 1."""
+
+    def __init__(self, client: Client) -> None:
+        pids = client.run(os.getpid)
+        self.slow, self.fast = sorted(pids.values())
+        self.hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        os.sched_setaffinity(self.hog.pid, {0})
+        os.sched_setaffinity(self.slow, {0})
+        os.sched_setaffinity(self.fast, {1})
+
+    def close(self) -> None:
+        self.hog.kill()
+        self.hog.wait()
+
+
+def scenario_b() -> dict:
+    if len(os.sched_getaffinity(0)) < 2:
+        return {"name": "(b) half speed", "skipped": "needs 2 cores"}
+    cs = circuits(60, (12, 19), 16, seed=2)
+    bound = sum(serial_times(cs)) / 1.5
+    out = {"name": "(b) half speed", "bound": bound}
+    for label, make, runner in (("qdask", qdask_cluster, run_qdask), ("plain", plain_cluster, run_plain)):
+        cluster = make(2)
+        client = cluster.get_client() if isinstance(cluster, QuantumCluster) else Client(cluster)
+        warm(client)
+        hs = HalfSpeed(client)
+        try:
+            out[label] = runner(client, [cs], gap=0)
+        finally:
+            hs.close()
+            client.close()
+            cluster.close()
+    return out
+
+
+def scenario_c() -> dict:
+    cs = circuits(60, (12, 19), 16, seed=3)
+    total = sum(serial_times(cs))
+    join_at = total / 4
+    bound = join_at + (total - join_at) / 2
+    out = {"name": "(c) worker joins", "bound": bound}
+    with qdask_cluster(1) as qc:
+        warm(qc.get_client())
+        qc.start_load_balancer(qdask.LoadBalancerConfig(check_interval="200ms"))
+        timer = _later(join_at, lambda: add_worker(qc.cluster))
+        out["qdask"] = run_qdask(qc.get_client(), [cs], gap=0, during=timer)
+    with plain_cluster(1) as pc, Client(pc) as c:
+        warm(c)
+        timer = _later(join_at, lambda: add_worker(pc))
+        out["plain"] = run_plain(c, [cs], gap=0, during=timer)
+    return out
+
+
+def _later(delay: float, fn):
+    import threading
+
+    def start() -> None:
+        threading.Timer(delay, fn).start()
+
+    return start
+
+
+def scenario_d() -> dict:
+    low = circuits(500, (14, 14), 12, seed=4)
+    high = circuits(20, (14, 14), 12, seed=5)
+    t_high = float(np.mean(serial_times(high)))
+    t_low = float(np.mean(serial_times(low[:40])))
+    with qdask_cluster(2) as qc:
+        client = qc.get_client()
+        warm(client)
+        backlog = qdask.Sampler(client, seed=1, priority="low")
+        sub_low = backlog.engine.submit(low, [None] * 500, [100] * 500, work="sample")
+        time.sleep(1.0)
+        urgent = qdask.Sampler(client, seed=2, priority="high")
+        t0 = time.perf_counter()
+        futures = [urgent.submit(c, repetitions=100) for c in high]
+        done_at = []
+        for f in futures:
+            f.result()
+            done_at.append(time.perf_counter() - t0)
+        backlog.engine.collect(sub_low)
+    limit = 2 * (t_high + t_low)
+    return {"name": "(d) priority", "worst": max(done_at), "median": float(np.median(done_at)), "limit": limit,
+            "within": sum(d <= limit for d in done_at)}
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def scenario_e() -> dict:
+    def run(client: Client) -> float:
+        client.gather(client.map(noop, range(200)))  # warm up
+        t0 = time.perf_counter()
+        client.gather(client.map(noop, range(10_000)))
+        return time.perf_counter() - t0
+
+    with plain_cluster(2) as pc, Client(pc) as c:
+        plain = min(run(c) for _ in range(2))
+    with qdask_cluster(2) as qc:
+        q = min(run(qc.get_client()) for _ in range(2))
+    return {"name": "(e) overhead", "plain": plain, "qdask": q}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="a,b,c,d,e")
+    args = parser.parse_args()
+    funcs = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d, "e": scenario_e}
+    rows = [funcs[k]() for k in args.only.split(",")]
+    print("\nload balancing, 2 workers x 1 thread")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['name']:18} skipped: {r['skipped']}")
+        elif "bound" in r:
+            print(f"{r['name']:18} bound {r['bound']:6.2f} s | qdask {r['qdask']:6.2f} s = {r['qdask'] / r['bound']:.2f}x "
+                  f"| plain {r['plain']:6.2f} s = {r['plain'] / r['bound']:.2f}x | plain/qdask {r['plain'] / r['qdask']:.2f}")
+        elif "limit" in r:
+            print(f"{r['name']:18} high-priority finish: median {r['median']:.2f} s, worst {r['worst']:.2f} s; "
+                  f"limit 2x(own + one backlog) = {r['limit']:.2f} s; {r['within']}/20 within")
+        else:
+            print(f"{r['name']:18} 10,000 no-op tasks: plain {r['plain']:.2f} s, with qdask plugins {r['qdask']:.2f} s "
+                  f"= {r['qdask'] / r['plain']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,543 @@
+"""Scheduler side of fault tolerance: detection, redistribution, recovery timing, replicas.
+
+:class:`FaultManager` is owned by the qdask scheduler plugin
+(``scheduler.extensions["qdask"].fault``); the plugin forwards it the events
+and graph updates below. Detection and redistribution always run; the
+settings of :class:`~qdask.config.FaultToleranceConfig` apply once
+``QuantumCluster.enable_fault_tolerance`` sent them (``qdask_fault_enable``).
+
+Detection (each published on the Dask event topic ``qdask-failures``, and
+counted in the plugin's :class:`~qdask.monitoring.events.EventStore`):
+
+* **node failure** -- the ``remove-worker`` event of a leave the worker did not
+  announce (``expected=False``): ``"heartbeat-lost"`` when the scheduler's
+  ``worker-ttl`` check removed it, ``"died"`` otherwise (comm closed, the
+  Nanny reported the process gone). Retirements are graceful: no event.
+* **network error** -- a worker asks the scheduler where keys are (the
+  ``request-refresh-who-has`` stream message of its find-missing loop) while
+  the scheduler still lists live holders: its transfers from them failed
+  (``"transfer-failed"``); or a task erred with a connection error
+  (``"comm-error"``). Both stream handlers are wrapped, so nothing runs per task.
+* **quantum error** -- a circuit task reports its backend's exception (the
+  ``qdask-quantum-errors`` event of :func:`qdask.fault.worker.report_quantum_error`).
+
+Redistribution (Dask's levers, before ``remove_worker`` transitions the tasks):
+the dead worker's tasks get the front of their priority class (the
+graph-generation element of ``TaskState.priority`` set to -1, so they run
+before any newer work of the same user priority); in manual mode they get an
+extra resource restriction no worker has, so they wait in ``no-worker`` until
+``qdask_fault_resubmit``. Chunks of several circuits are marked for isolation
+(their retry raises :class:`~qdask.fault.events.ChunkIsolatedError`, and the
+client reruns their circuits one task each with one failure already counted).
+
+Recovery time: from detection to the compute start (reported with the result,
+on the scheduler's clock) of the last affected task on a live worker; tracked
+by :class:`RecoveryTracker`, a transition hook installed only while a recovery
+is open.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed import SchedulerPlugin
+from distributed.active_memory_manager import ActiveMemoryManagerPolicy, ReduceReplicas, Suggestion
+from tornado.ioloop import PeriodicCallback
+
+from qdask.config import FaultToleranceConfig
+from qdask.fault.events import (
+    ANNOTATION,
+    TOPIC,
+    WORKER_TOPIC,
+    FailureEvent,
+    NetworkError,
+    NodeFailure,
+    QuantumError,
+    RecoveryEvent,
+    RecoveryPlan,
+    is_network_error,
+)
+from qdask.monitoring.sampler import circuit_annotation
+
+if TYPE_CHECKING:
+    from distributed.active_memory_manager import SuggestionGenerator
+    from distributed.scheduler import Scheduler, TaskState
+
+    from qdask.monitoring.events import EventStore
+
+logger = logging.getLogger(__name__)
+
+#: Name of the recovery tracker plugin and of the hold-keeping periodic callback.
+NAME = "qdask-fault"
+#: Resource no worker offers: a task restricted to it waits in "no-worker" (manual recovery).
+HOLD_RESOURCE = "qdask-held"
+#: Graph generation given to recovered work: older than any real generation (>= 0).
+RECOVERY_GENERATION = -1
+
+
+@dataclass
+class _Recovery:
+    """One worker death whose affected tasks have not all run again."""
+
+    worker: str
+    cause: str
+    detected: float
+    keys: list[str]
+    waiting: set[Hashable] = field(default_factory=set)
+    last_start: float | None = None
+
+
+class RecoveryTracker(SchedulerPlugin):
+    """Transition hook: when each task affected by a failure starts running again.
+
+    Installed (``scheduler.plugins["qdask-fault"]``) while a recovery is open.
+    """
+
+    name = NAME
+    idempotent = False
+
+    def __init__(self, manager: FaultManager) -> None:
+        self.manager = manager
+
+    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if key not in self.manager.waiting_on:
+            return
+        m = self.manager
+        if start == "processing" and finish in ("memory", "erred"):
+            if finish == "erred" and m.isolated(key):
+                return  # the isolation retry stopped at once; its single-circuit tasks replace it
+            m.resolve(key, m.compute_start(kwargs))
+        elif finish in ("forgotten", "erred"):
+            m.resolve(key, None)  # it will not run again: cancelled, or failed for good
+
+
+class KeepReplicas(ReduceReplicas):
+    """Dask's ``ReduceReplicas``, except that circuit results keep ``replication_factor`` replicas.
+
+    Wraps the parent's suggestions instead of repeating its logic: a drop that
+    would leave a circuit result with fewer replicas is declined.
+    """
+
+    def __init__(self, manager: FaultManager) -> None:
+        self.fault = manager
+
+    def run(self) -> SuggestionGenerator:
+        parent = super().run()
+        choice = None
+        while True:
+            try:
+                suggestion = parent.send(choice)
+            except StopIteration:
+                return
+            missing = self.fault.replicas_missing(suggestion.ts, self.manager.pending)
+            if suggestion.op == "drop" and missing is not None and missing >= 0:
+                choice = None  # tell ReduceReplicas the AMM declined it
+                continue
+            choice = yield suggestion
+
+
+class ReplicateResults(ActiveMemoryManagerPolicy):
+    """Copy finished circuit results until ``replication_factor`` workers hold each."""
+
+    def __init__(self, manager: FaultManager) -> None:
+        self.fault = manager
+
+    def run(self) -> SuggestionGenerator:
+        for ts in self.manager.scheduler.tasks.values():
+            for _ in range(self.fault.replicas_missing(ts, self.manager.pending) or 0):
+                if (yield Suggestion("replicate", ts)) is None:
+                    break  # no worker can take another copy now
+
+
+class FaultManager:
+    """Failure detection, redistribution, recovery timing and the settings of fault tolerance.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    events : qdask.monitoring.events.EventStore
+        The qdask plugin's event store; network errors, quantum errors and
+        recoveries are recorded there (node failures are recorded by the plugin).
+
+    Attributes
+    ----------
+    config : FaultToleranceConfig or None
+        What ``enable_fault_tolerance`` set; None: defaults (automatic recovery,
+        Dask's ``allowed-failures``, one replica, no isolation).
+    held : dict
+        ``{key: original resource restrictions}`` of work held in manual mode.
+    """
+
+    def __init__(self, scheduler: Scheduler, events: EventStore) -> None:
+        self.scheduler = scheduler
+        self.events = events
+        self.config: FaultToleranceConfig | None = None
+        self._dask_allowed_failures = scheduler.allowed_failures
+        self.held: dict[Hashable, dict[str, float] | None] = {}
+        # { id: open recovery } and { key: ids of the recoveries waiting for it }
+        self.recoveries: dict[int, _Recovery] = {}
+        self.waiting_on: dict[Hashable, set[int]] = {}
+        self._ids = itertools.count()
+        self.tracker = RecoveryTracker(self)
+        # (worker, key) transfer failures already reported: find-missing repeats every heartbeat
+        self._reported: set[tuple[str, Hashable]] = set()
+        self._reported_order: deque[tuple[str, Hashable]] = deque()
+        # AMM policies of ours, and Dask's ReduceReplicas they stand in for
+        self._amm_policies: list[ActiveMemoryManagerPolicy] = []
+        self._replaced: list[ActiveMemoryManagerPolicy] = []
+        self._amm_started = False
+        self._wrapped: dict[str, Any] = {}
+        for op, hook in (("task-erred", self._on_task_erred), ("request-refresh-who-has", self._on_refresh_who_has)):
+            self._wrap_stream_handler(op, hook)
+
+    # -- lifetime ------------------------------------------------------------------
+    def handlers(self) -> dict[str, Any]:
+        """Scheduler RPC handlers (``client.scheduler.<name>(...)``)."""
+        return {
+            "qdask_fault_enable": self.enable,
+            "qdask_fault_disable": self.disable,
+            "qdask_fault_status": self.status,
+            "qdask_fault_resubmit": self.resubmit,
+        }
+
+    def close(self) -> None:
+        self.disable()
+        for op, original in self._wrapped.items():
+            self.scheduler.stream_handlers[op] = original
+        self._wrapped.clear()
+        self._set_tracking(False)
+
+    def _wrap_stream_handler(self, op: str, hook: Any) -> None:
+        # Observe a worker message without changing what Dask does with it.
+        original = self.scheduler.stream_handlers[op]
+
+        def handler(**msg: Any) -> Any:
+            try:
+                hook(msg)
+            except Exception:
+                logger.exception("qdask fault detection failed on %r", op)
+            return original(**msg)
+
+        self._wrapped[op] = original
+        self.scheduler.stream_handlers[op] = handler
+
+    # -- settings ------------------------------------------------------------------
+    def enable(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Apply a :class:`FaultToleranceConfig` (as a dict); idempotent. Returns the applied config."""
+        cfg = FaultToleranceConfig(**config)
+        if self.config is not None and self.config.recovery_mode == "manual" and cfg.recovery_mode == "automatic":
+            self.resubmit()
+        self.config = cfg
+        # Dask fails a task when more than allowed-failures workers died running it.
+        self.scheduler.allowed_failures = cfg.max_failures - 1
+        self._set_replication(cfg.replication_factor)
+        return cfg.to_dict()
+
+    def disable(self) -> dict[str, Any]:
+        """Back to the defaults; held work is released. Returns :meth:`status`."""
+        self.config = None
+        self.scheduler.allowed_failures = self._dask_allowed_failures
+        self._set_replication(1)
+        self.resubmit()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """Applied config, held keys and open recoveries."""
+        return {
+            "enabled": self.config is not None,
+            "config": self.config.to_dict() if self.config else None,
+            "allowed_failures": self.scheduler.allowed_failures,
+            "held": sorted(str(k) for k in self.held),
+            "open_recoveries": len(self.recoveries),
+            "replication_policies": [repr(p) for p in self._amm_policies],
+        }
+
+    @property
+    def mode(self) -> str:
+        return self.config.recovery_mode if self.config else "automatic"
+
+    # -- node failures -------------------------------------------------------------
+    def remove_worker(self, msg: dict[str, Any]) -> None:
+        """The ``remove-worker`` event: runs before Dask transitions the worker's tasks."""
+        if msg.get("expected"):
+            return  # retired or scaled down: Dask moves its work without counting a failure
+        s = self.scheduler
+        now = time.time()
+        stimulus = str(msg.get("stimulus_id", ""))
+        cause = "heartbeat-lost" if stimulus.startswith("check-worker-ttl") else "died"
+        rescheduled: list[TaskState] = []
+        failed: list[str] = []
+        isolated: list[str] = []
+        for key in msg.get("processing-tasks", ()):
+            ts = s.tasks.get(key)
+            if ts is None:
+                continue
+            if ts.state != "processing":  # already erred: it reached max_failures (KilledWorker)
+                failed.append(str(key))
+                continue
+            rescheduled.append(ts)
+            if self._isolate(ts):
+                isolated.append(str(key))
+        lost = [ts for key in msg.get("lost-computed-tasks", ()) if (ts := s.tasks.get(key)) is not None]
+        affected = rescheduled + lost
+        for ts in affected:
+            if ts.priority:
+                ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
+        held = [self._hold(ts) for ts in affected] if self.mode == "manual" else []
+        if affected:
+            self._open_recovery(msg["worker"], cause, now, affected)
+        self._publish(
+            NodeFailure(
+                worker=msg["worker"],
+                time=now,
+                cause=cause,
+                keys=tuple(str(k) for k in msg.get("processing-tasks", ())),
+                detail=stimulus,
+                recovery=RecoveryPlan(
+                    mode=self.mode,
+                    rescheduled=tuple(str(ts.key) for ts in rescheduled),
+                    held=tuple(held),
+                    lost_results=tuple(str(ts.key) for ts in lost),
+                    isolated=tuple(isolated),
+                    failed=tuple(failed),
+                ),
+            ),
+            record=False,  # the plugin counts node failures with the registry
+        )
+
+    def _isolate(self, ts: TaskState) -> bool:
+        """Mark a chunk of several circuits so that its retry hands them back one by one."""
+        ann = circuit_annotation(ts)
+        # A chunk other tasks depend on (Sampler.submit) keeps its key: it is retried whole.
+        if self.config is None or ann is None or int(ann.get("circuits", 1)) < 2 or ts.dependents:
+            return False
+        old = ts.annotations or {}
+        # A new dict: tasks of one graph share their annotations' dicts.
+        ts.annotations = {**old, ANNOTATION: {**old.get(ANNOTATION, {}), "isolate": True}}
+        return True
+
+    def isolated(self, key: Hashable) -> bool:
+        ts = self.scheduler.tasks.get(key)
+        return ts is not None and bool((ts.annotations or {}).get(ANNOTATION, {}).get("isolate"))
+
+    # -- manual recovery -----------------------------------------------------------
+    def _hold(self, ts: TaskState) -> str:
+        if ts.key not in self.held:
+            self.held[ts.key] = ts.resource_restrictions
+            ts.resource_restrictions = {**(ts.resource_restrictions or {}), HOLD_RESOURCE: 1}
+        if NAME not in self.scheduler.periodic_callbacks:
+            pc = PeriodicCallback(self._keep_held, 1000)
+            self.scheduler.periodic_callbacks[NAME] = pc
+            pc.start()
+        return str(ts.key)
+
+    def _keep_held(self) -> None:
+        """Held tasks wait in "no-worker": keep them clear of ``no-workers-timeout``."""
+        s = self.scheduler
+        now = time.monotonic()
+        for key in list(self.held):
+            ts = s.tasks.get(key)
+            if ts is None or ts.state in ("released", "forgotten", "erred", "memory"):
+                del self.held[key]  # cancelled, or done
+            elif ts.state == "no-worker":
+                # Private lever: Dask times tasks out by their position in this
+                # insertion-ordered dict; moving one to the end restarts its clock.
+                s.unrunnable.pop(ts, None)
+                s.unrunnable[ts] = now
+        if not self.held:
+            pc = s.periodic_callbacks.pop(NAME, None)
+            if pc is not None:
+                pc.stop()
+
+    def resubmit(self, keys: list[str] | None = None) -> list[str]:
+        """Release held work (all of it by default) so that it runs; returns the keys released."""
+        s = self.scheduler
+        wanted = set(keys) if keys is not None else None
+        released = []
+        for key in list(self.held):
+            if wanted is not None and str(key) not in wanted:
+                continue
+            restrictions = self.held.pop(key)
+            ts = s.tasks.get(key)
+            if ts is None:
+                continue
+            ts.resource_restrictions = restrictions
+            released.append(ts)
+        runnable = sorted((ts for ts in released if ts.state == "no-worker"), key=lambda t: t.priority, reverse=True)
+        # Recommendations are processed last-in first-out: highest priority last.
+        s.transitions({ts.key: "processing" for ts in runnable}, stimulus_id=f"qdask-resubmit-{time.time()}")
+        self._keep_held()
+        return [str(ts.key) for ts in released]
+
+    # -- recovery timing -----------------------------------------------------------
+    def _open_recovery(self, worker: str, cause: str, detected: float, tasks: list[TaskState]) -> None:
+        rid = next(self._ids)
+        rec = _Recovery(worker, cause, detected, [str(ts.key) for ts in tasks], {ts.key for ts in tasks})
+        self.recoveries[rid] = rec
+        for ts in tasks:
+            self.waiting_on.setdefault(ts.key, set()).add(rid)
+        self._set_tracking(True)
+
+    def _set_tracking(self, on: bool) -> None:
+        plugins = self.scheduler.plugins
+        if on and plugins.get(NAME) is not self.tracker:
+            self.scheduler.add_plugin(self.tracker, name=NAME, idempotent=False)
+        elif not on and plugins.get(NAME) is self.tracker:
+            self.scheduler.remove_plugin(name=NAME)
+
+    def compute_start(self, transition_kwargs: dict[str, Any]) -> float:
+        """Scheduler time at which a finished task started computing (now if unknown)."""
+        starts = [s["start"] for s in transition_kwargs.get("startstops") or () if s.get("action") == "compute"]
+        if not starts:
+            return time.time()
+        ws = self.scheduler.workers.get(transition_kwargs.get("worker"))  # type: ignore[arg-type]
+        return min(starts) + (ws.time_delay if ws is not None else 0.0)
+
+    def resolve(self, key: Hashable, started: float | None) -> None:
+        """``key`` ran again (at ``started``), or never will (None)."""
+        for rid in self.waiting_on.pop(key, ()):
+            rec = self.recoveries[rid]
+            rec.waiting.discard(key)
+            if started is not None:
+                rec.last_start = started if rec.last_start is None else max(rec.last_start, started)
+            if not rec.waiting:
+                self._close_recovery(rid)
+        if not self.recoveries:
+            self._set_tracking(False)
+
+    def _close_recovery(self, rid: int) -> None:
+        rec = self.recoveries.pop(rid)
+        if rec.last_start is None:
+            return  # nothing affected ran again (all cancelled or failed): nothing recovered
+        duration = max(0.0, rec.last_start - rec.detected)
+        self._publish(RecoveryEvent(rec.worker, time.time(), rec.cause, tuple(rec.keys), duration=duration))
+
+    def _replace(self, origin: Hashable, keys: list[Hashable]) -> None:
+        """Single-circuit tasks ``keys`` took over the isolated chunk ``origin``'s recoveries."""
+        for rid in self.waiting_on.get(origin, ()):
+            self.recoveries[rid].waiting.update(keys)
+            for key in keys:
+                self.waiting_on.setdefault(key, set()).add(rid)
+        if origin in self.waiting_on:
+            self.resolve(origin, None)
+
+    # -- graph updates -------------------------------------------------------------
+    def update_graph(self, annotations: dict[Any, dict[str, Any]]) -> None:
+        """Tasks resubmitted after a worker death: their failures so far, their recovery, their priority."""
+        s = self.scheduler
+        replacing: dict[Hashable, list[Hashable]] = {}
+        for key, meta in annotations.items():
+            ts = s.tasks.get(key)
+            if ts is None or not isinstance(meta, dict):
+                continue
+            failures = int(meta.get("failures", 0))
+            if failures:
+                # The deaths the chunk already caused count toward max_failures.
+                ts.suspicious = max(ts.suspicious, failures)
+                if ts.priority:
+                    ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
+            if meta.get("origin") is not None:
+                replacing.setdefault(meta["origin"], []).append(key)
+        for origin, keys in replacing.items():
+            self._replace(origin, keys)
+
+    # -- network and quantum errors ------------------------------------------------
+    def _on_task_erred(self, msg: dict[str, Any]) -> None:
+        text = str(msg.get("exception_text") or "")
+        if is_network_error(text):
+            self._publish(NetworkError(msg.get("worker"), time.time(), "comm-error", (str(msg.get("key")),), text))
+
+    def _on_refresh_who_has(self, msg: dict[str, Any]) -> None:
+        if not str(msg.get("stimulus_id", "")).startswith("find-missing"):
+            return  # other refreshes: all holders busy, which is not a failure
+        worker = str(msg.get("worker"))
+        keys, peers = [], set()
+        for key in msg.get("keys", ()):
+            ts = self.scheduler.tasks.get(key)
+            holders = {ws.address for ws in (ts.who_has or ())} if ts is not None else set()
+            if not holders or (worker, key) in self._reported:
+                continue  # lost with its only holder (a node failure), or already reported
+            self._remember((worker, key))
+            keys.append(str(key))
+            peers |= holders
+        if keys:
+            detail = f"{worker} could not fetch {len(keys)} key(s) from {sorted(peers)}, which hold them"
+            self._publish(NetworkError(worker, time.time(), "transfer-failed", tuple(keys), detail, tuple(sorted(peers))))
+
+    def _remember(self, item: tuple[str, Hashable], limit: int = 10_000) -> None:
+        self._reported.add(item)
+        self._reported_order.append(item)
+        if len(self._reported_order) > limit:
+            self._reported.discard(self._reported_order.popleft())
+
+    def worker_event(self, msg: dict[str, Any]) -> None:
+        """A :data:`~qdask.fault.events.WORKER_TOPIC` event: a backend failed on a circuit."""
+        self._publish(
+            QuantumError(
+                worker=msg.get("worker"),
+                time=time.time(),
+                cause=str(msg.get("cause", "backend")),
+                keys=(str(msg.get("key")),),
+                detail=str(msg.get("detail", "")),
+                circuit=msg.get("circuit"),
+                backend=msg.get("backend"),
+            )
+        )
+
+    def _publish(self, event: FailureEvent, record: bool = True) -> None:
+        if record:
+            duration = event.duration if isinstance(event, RecoveryEvent) else None
+            self.events.record(event.kind, worker=event.worker, cause=event.cause, keys=event.keys,
+                               duration=duration, when=event.time)
+        self.scheduler.log_event(TOPIC, event.to_message())
+
+    # -- replication ---------------------------------------------------------------
+    def replicas_missing(self, ts: TaskState, pending: dict[TaskState, tuple[set[Any], set[Any]]]) -> int | None:
+        """Replicas a finished circuit result lacks (negative: extra), counting pending AMM moves.
+
+        None for any other task, or when results are not replicated.
+        """
+        if (
+            self.config is None
+            or self.config.replication_factor <= 1
+            or ts.state != "memory"
+            or not ts.who_has
+            or circuit_annotation(ts) is None
+        ):
+            return None
+        repl, drop = pending.get(ts, (set(), set()))
+        return self.config.replication_factor - (len(ts.who_has) + len(repl) - len(drop))
+
+    def _set_replication(self, factor: int) -> None:
+        amm = self.scheduler.extensions.get("amm")
+        if amm is not None:
+            for policy in self._amm_policies:
+                amm.policies.discard(policy)
+            for policy in self._replaced:
+                amm.add_policy(policy)
+            if self._amm_started:
+                amm.stop()
+        self._amm_policies, self._replaced, self._amm_started = [], [], False
+        if factor <= 1:
+            return
+        if amm is None:
+            raise RuntimeError(
+                f"replication_factor={factor} needs Dask's Active Memory Manager, which this scheduler lacks. "
+                "Fix: keep the 'amm' scheduler extension, or use replication_factor=1."
+            )
+        self._replaced = [p for p in amm.policies if type(p) is ReduceReplicas]
+        for policy in self._replaced:
+            amm.policies.discard(policy)
+        self._amm_policies = [KeepReplicas(self), ReplicateResults(self)]
+        for policy in self._amm_policies:
+            amm.add_policy(policy)
+        if not amm.running:
+            logger.info("starting Dask's Active Memory Manager for replication_factor=%d", factor)
+            amm.start()
+            self._amm_started = True

@@ -1,0 +1,161 @@
+"""``qdask_*`` metrics on the scheduler's ``/metrics`` endpoint.
+
+Dask serves ``prometheus_client.REGISTRY`` on ``/metrics``; this module adds
+one collector to it, following distributed's ``PrometheusCollector`` pattern
+(``distributed/http/scheduler/prometheus``): the collector is registered once
+per process and returns early when no qdask scheduler lives there. Several
+schedulers in one process (test suites, notebooks) each get a ``scheduler``
+label instead of colliding.
+
+Metrics (all labelled ``scheduler``):
+
+========================================  =======  ===============================================
+name                                      type     meaning
+========================================  =======  ===============================================
+``qdask_workers{role}``                   gauge    workers per role (quantum, classical)
+``qdask_quantum_slots{worker}``           gauge    quantum slots of the worker
+``qdask_quantum_slots_busy{worker}``      gauge    slots running a circuit task
+``qdask_quantum_queued{worker}``          gauge    circuit tasks waiting there for a slot
+``qdask_statevector_bytes{worker}``       gauge    state-vector budget, bytes
+``qdask_statevector_bytes_used{worker}``  gauge    state-vector bytes requested by its circuit tasks
+``qdask_gpus{worker}``                    gauge    GPUs of the worker
+``qdask_gpus_busy{worker}``               gauge    GPUs running a circuit task
+``qdask_worker_latency_seconds{worker}``  gauge    heartbeat round trip (smoothed)
+``qdask_worker_sent_bytes_total{worker}`` counter  task data the worker sent
+``qdask_quantum_utilization_percent``     gauge    busy slots / slots
+``qdask_circuits_ready{priority}``        gauge    ready circuit tasks per priority (monitoring on)
+``qdask_monitoring_samples_total``        counter  samples taken
+``qdask_events_total{kind}``              counter  node failures, errors, recoveries, migrations,
+                                                   scaling events (see ``events.KINDS``)
+========================================  =======  ===============================================
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from distributed.http.prometheus import PrometheusCollector
+
+from qdask.monitoring.events import KINDS
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from qdask.monitoring.sampler import Monitor
+
+#: Monitors of the schedulers alive in this process.
+_MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_COLLECTOR: QdaskCollector | None = None
+_LOCK = threading.Lock()
+
+_PER_WORKER = (
+    ("quantum_slots", "quantum_slots", "Quantum slots of the worker."),
+    ("quantum_slots_busy", "quantum_busy", "Quantum slots running a circuit task."),
+    ("quantum_queued", "quantum_queued", "Circuit tasks waiting on the worker for a slot."),
+    ("statevector_bytes", "statevector_bytes", "State-vector budget of the worker in bytes."),
+    ("statevector_bytes_used", "statevector_used", "State-vector bytes requested by circuit tasks on the worker."),
+    ("gpus", "gpus", "GPUs of the worker."),
+    ("gpus_busy", "gpus_busy", "GPUs running a circuit task."),
+)
+
+
+class QdaskCollector(PrometheusCollector):
+    """Collects ``qdask_*`` metrics from every live qdask scheduler of the process."""
+
+    def __init__(self) -> None:
+        super().__init__(server=None)
+        # qdask_* whatever distributed's namespace ("dask" by default) is.
+        self.namespace = "qdask"
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from qdask.monitoring.sampler import worker_resources
+
+        monitors = [m for m in list(_MONITORS) if m.scheduler.status.name == "running"]
+        if not monitors:
+            return
+        gauges: dict[str, Any] = {
+            name: GaugeMetricFamily(self.build_name(name), doc, labels=["scheduler", "worker"])
+            for name, _, doc in _PER_WORKER
+        }
+        workers = GaugeMetricFamily(self.build_name("workers"), "Workers per role.", labels=["scheduler", "role"])
+        latency = GaugeMetricFamily(
+            self.build_name("worker_latency_seconds"),
+            "Scheduler-worker heartbeat round trip (smoothed).",
+            labels=["scheduler", "worker"],
+        )
+        sent = CounterMetricFamily(
+            self.build_name("worker_sent_bytes"), "Task data sent by the worker.", labels=["scheduler", "worker"]
+        )
+        utilization = GaugeMetricFamily(
+            self.build_name("quantum_utilization_percent"), "Busy quantum slots / slots.", labels=["scheduler"]
+        )
+        ready = GaugeMetricFamily(
+            self.build_name("circuits_ready"),
+            "Circuit tasks ready to run, per priority (while monitoring runs).",
+            labels=["scheduler", "priority"],
+        )
+        samples = CounterMetricFamily(
+            self.build_name("monitoring_samples"), "Monitoring samples taken.", labels=["scheduler"]
+        )
+        events = CounterMetricFamily(
+            self.build_name("events"),
+            "Failures, recoveries, migrations and scaling events.",
+            labels=["scheduler", "kind"],
+        )
+        for monitor in monitors:
+            s = monitor.scheduler
+            sched = s.address
+            roles = {"quantum": 0, "classical": 0}
+            slots = busy = 0.0
+            for addr, ws in s.workers.items():
+                res = worker_resources(ws)
+                roles["quantum" if res["quantum_slots"] else "classical"] += 1
+                slots += res["quantum_slots"]
+                busy += res["quantum_busy"]
+                for name, key, _ in _PER_WORKER:
+                    gauges[name].add_metric([sched, addr], res[key])
+                q = ws.metrics.get("qdask") or {}
+                if "latency" in q:
+                    latency.add_metric([sched, addr], q["latency"])
+                if "sent_bytes" in q:
+                    sent.add_metric([sched, addr], q["sent_bytes"])
+            for role, n in roles.items():
+                workers.add_metric([sched, role], n)
+            utilization.add_metric([sched], 100.0 * busy / slots if slots else 0.0)
+            if monitor.tracking:
+                for priority, n in sorted(monitor.tracker.by_priority.items()):
+                    ready.add_metric([sched, str(priority)], n)
+            samples.add_metric([sched], monitor.count)
+            for kind in KINDS:
+                events.add_metric([sched, kind], monitor.events.totals[kind])
+        yield workers
+        yield from gauges.values()
+        yield latency
+        yield sent
+        yield utilization
+        yield ready
+        yield samples
+        yield events
+
+
+def register(monitor: Monitor) -> None:
+    """Expose ``monitor``'s scheduler on ``/metrics`` (the collector is registered once per process)."""
+    global _COLLECTOR
+    import prometheus_client
+
+    with _LOCK:
+        _MONITORS.add(monitor)
+        if _COLLECTOR is None:
+            _COLLECTOR = QdaskCollector()
+            prometheus_client.REGISTRY.register(_COLLECTOR)
+
+
+def unregister(monitor: Monitor) -> None:
+    """Stop exposing ``monitor``'s scheduler (the collector stays, empty)."""
+    with _LOCK:
+        _MONITORS.discard(monitor)

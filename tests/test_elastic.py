@@ -1,0 +1,223 @@
+"""Elastic scaling on real local clusters: a burst grows 1 -> 2 -> 4, idle returns to
+``min_nodes``, and no result is lost or recomputed across the scale events."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cirq
+import dask
+import pytest
+import qsimcirq
+from distributed import Event, WorkerPlugin, wait
+
+import qdask
+from qdask import ClusterConfig, ConfigError, ElasticConfig, QuantumCluster
+from qdask.deploy.elastic import ScalingEvent, next_size
+from qdask.scheduler.elastic import describe, desired_nodes, parse
+from qdask.worker.discovery import QUANTUM
+
+SEED = 2024
+COOLDOWN = 2.0
+REPETITIONS = 50
+CIRCUITS = [
+    cirq.testing.random_circuit(cirq.LineQubit.range(16), n_moments=16, op_density=0.8, random_state=s)
+    + cirq.measure(*cirq.LineQubit.range(16), key="m")
+    for s in range(60)
+]
+EXECUTIONS = "qdask-test-executions"
+
+
+class ExecutionLog(WorkerPlugin):
+    """Reports each task execution to the scheduler, so runs on since-retired workers still count."""
+
+    name = EXECUTIONS
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "executing":
+            self.worker.log_event(EXECUTIONS, {"key": str(key), "worker": self.worker.address})
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+# -- pure logic ----------------------------------------------------------------------
+def test_steps_multiply_by_the_factor_and_never_pass_the_target():
+    assert [next_size(n, 4, 2.0) for n in (1, 2, 4)] == [2, 4, 4]
+    assert [next_size(n, 1, 2.0) for n in (4, 2, 1)] == [2, 1, 1]
+    assert next_size(1, 3, 2.0) == 2 and next_size(2, 3, 2.0) == 3  # capped at the target
+    assert next_size(2, 10, 1.5) == 3 and next_size(3, 10, 1.5) == 5  # at least one node, rounded up
+    assert next_size(0, 1, 2.0) == 1
+
+
+def test_nodes_follow_estimated_seconds_not_task_counts():
+    assert desired_nodes(1.0, 5.0, 1) == 1  # a hundred tiny circuits: one node
+    assert desired_nodes(40.0, 5.0, 1) == 8  # two long ones: eight
+    assert desired_nodes(40.0, 5.0, 2) == 4  # two slots per node halve it
+    assert desired_nodes(0.0, 5.0, 1, fixed=2) == 2  # classical workers are kept, not sized
+
+
+def test_event_cause_round_trips():
+    event = {"time": 1.0, "kind": "scale_up", "cause": describe(2, 4, "12.0 s of queued circuit work")}
+    assert parse(event) == {"time": 1.0, "kind": "scale_up", "from": 2, "to": 4,
+                            "reason": "12.0 s of queued circuit work"}
+    assert parse({"time": 1.0, "kind": "scale_up", "cause": None})["from"] is None
+
+
+# -- one node: sizing on the scheduler, configuration errors -------------------------------
+@pytest.fixture(scope="module")
+def single():
+    with QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB")) as qc:
+        yield qc
+
+
+def _hold(name: str) -> int:
+    Event(name).wait()
+    return 1
+
+
+def test_scheduler_sizes_by_estimated_seconds(single):
+    client = single.get_client()
+    release = Event("qdask-test-release", client=client)
+    futures = []
+    # Two long circuits, twenty short ones and a classical task, all held unfinished.
+    for i, est in enumerate([3.0, 3.0] + [0.01] * 20):
+        with dask.annotate(qdask={"kind": "circuit", "est_seconds": est}):
+            futures.append(client.submit(_hold, release.name, key=f"held-circuit-{i}", pure=False))
+    futures.append(client.submit(_hold, release.name, key="held-classical", pure=False))
+    def unfinished(dask_scheduler: Any) -> int:
+        return sum(ts.state in ("queued", "processing", "no-worker") for ts in dask_scheduler.tasks.values())
+
+    try:
+        wait_until(lambda: client.run_on_scheduler(unfinished) == len(futures), 30, "the held tasks")
+        info = client.sync(client.scheduler.qdask_elastic_target, target_duration=1.0)
+        assert info["work"] == pytest.approx(6.2)
+        assert info["desired"] == 7  # 6.2 s / 1 s; 22 tasks would have asked for far more
+        assert info["slots_per_node"] == 1 and info["fixed"] == 0
+    finally:
+        release.set()
+    wait(futures, timeout=60)
+    assert client.sync(client.scheduler.qdask_elastic_target, target_duration=1.0)["desired"] == 0
+
+
+def test_min_above_max_is_rejected_through_enable_elastic_scaling(single):
+    before = single.cluster._adaptive
+    with dask.config.set({"qdask.elastic.min-nodes": 5, "qdask.elastic.max-nodes": 2}):
+        with pytest.raises(ConfigError, match="min_nodes"):
+            single.enable_elastic_scaling()
+    assert single.cluster._adaptive is before  # no Adaptive was started
+
+
+def test_attached_cluster_needs_its_manager(single):
+    with QuantumCluster(address=single.scheduler_address) as attached:
+        with pytest.raises(ValueError, match="cluster=slurm_cluster"):
+            attached.enable_elastic_scaling(ElasticConfig(min_nodes=1, max_nodes=1))
+        es = attached.enable_elastic_scaling(ElasticConfig(min_nodes=1, max_nodes=1), cluster=single.cluster)
+        try:
+            assert single.cluster._adaptive is es.adaptive and es.config.max_nodes == 1
+            wait_until(lambda: es.running, 30, "the adaptive loop to start")
+        finally:
+            es.stop()
+        assert not es.running
+
+
+# -- the burst ---------------------------------------------------------------------
+@dataclass
+class Burst:
+    events: list[ScalingEvent]
+    results: list[cirq.Result]
+    result_keys: list[str]
+    executions: list[dict[str, str]]  # one {"key", "worker"} per task run, in order
+    removals: list[dict[str, Any]]
+    workers_after: int
+    plan_after: int
+
+
+@pytest.fixture(scope="module")
+def burst() -> Burst:
+    config = ElasticConfig(min_nodes=1, max_nodes=4, scale_factor=2, cooldown_period=COOLDOWN,
+                           target_duration="50ms")
+    with QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB")) as qc:
+        client = qc.get_client()
+        client.register_plugin(ExecutionLog())
+
+        def executed() -> list[dict[str, str]]:
+            return [msg for _, msg in client.get_events(EXECUTIONS)]
+
+        # A long job holds the first node's quantum slot until the cluster has grown,
+        # so the burst outlasts both steps however slowly workers start on a loaded box.
+        gate = Event("qdask-test-gate", client=client)
+        held = client.submit(_hold, gate.name, resources={QUANTUM: 1}, key="held-long-job", pure=False)
+        wait_until(lambda: any(m["key"] == held.key for m in executed()), 60, "the long job to start")
+        es = qc.enable_elastic_scaling(config, interval="200ms", wait_count=2)
+        sampler = qdask.Sampler(client, seed=SEED, simulator="qsim")
+        futures = [sampler.submit(c, repetitions=REPETITIONS) for c in CIRCUITS]
+        try:
+            wait_until(lambda: any(e.to_nodes == 4 for e in es.events()), 240, "the step to 4 nodes")
+        finally:
+            gate.set()
+        wait([held, *futures], timeout=300)
+        # The results stay on the workers (held by `futures`) while idle workers retire.
+        wait_until(lambda: es.events()[-1].to_nodes == 1 and len(client.scheduler_info()["workers"]) == 1,
+                   180, "the cluster to return to min_nodes")
+        results = client.gather(futures)
+        es.stop()
+        return Burst(
+            events=es.events(),
+            results=results,
+            result_keys=[str(f.key) for f in futures],
+            executions=executed(),
+            removals=[msg for _, msg in client.get_events("all") if msg.get("action") == "remove-worker"],
+            workers_after=len(client.scheduler_info()["workers"]),
+            plan_after=len(qc.cluster.plan),
+        )
+
+
+def test_burst_grows_by_the_factor_respecting_cooldown(burst):
+    ups = [e for e in burst.events if e.kind == "scale_up"]
+    assert [(e.from_nodes, e.to_nodes) for e in ups] == [(1, 2), (2, 4)]
+    assert ups[1].time - ups[0].time >= COOLDOWN - 0.01  # wall clock read with the cooldown's
+    assert all("queued circuit work" in e.reason for e in ups)
+
+
+def test_idle_returns_to_min_nodes_stepwise(burst):
+    downs = [e for e in burst.events if e.kind == "scale_down"]
+    steps = [(e.from_nodes, e.to_nodes) for e in downs]
+    assert steps[-1][1] == 1 and all(new >= 1 for _, new in steps)
+    for (_, new), (old, _) in zip(steps, steps[1:]):
+        assert old == new  # one chain, 4 -> ... -> 1
+    assert all(b.time - a.time >= COOLDOWN - 0.01 for a, b in zip(downs, downs[1:]))
+    assert burst.workers_after == burst.plan_after == 1
+    assert max(e.to_nodes for e in burst.events) == 4  # never above max_nodes
+
+
+def test_no_result_lost_or_recomputed(burst):
+    runs = Counter(m["key"] for m in burst.executions)
+    assert {k: n for k, n in runs.items() if n > 1} == {}  # nothing ran twice
+    assert sum(k.startswith("qdask_sample_") for k in runs) == len(CIRCUITS)
+    assert set(burst.result_keys) <= set(runs)
+    # Every leave was a retirement, and no computed result went with it ...
+    assert len(burst.removals) == 3
+    assert all(r["expected"] and not r["lost-computed-tasks"] for r in burst.removals)
+    # ... though results computed on retired workers were still held: they were moved.
+    retired = {r["worker"] for r in burst.removals}
+    ran_on = {m["key"]: m["worker"] for m in burst.executions}
+    assert any(ran_on[k] in retired for k in burst.result_keys)
+
+
+def test_results_equal_a_serial_qsim_run(burst):
+    ref = qsimcirq.QSimSimulator(seed=SEED).run_batch(CIRCUITS, repetitions=REPETITIONS)
+    assert burst.results == [r[0] for r in ref]

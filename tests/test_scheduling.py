@@ -1,0 +1,150 @@
+"""Resource-aware placement, fail-fast, bounded waits and load balancing on real clusters."""
+
+from __future__ import annotations
+
+import time
+
+import dask
+import pytest
+from distributed import get_worker
+from distributed.scheduler import NoValidWorkerError
+
+from qdask import ClusterConfig, LoadBalancerConfig, QuantumCluster
+from qdask.scheduler.placement import UnsatisfiableError, requirements
+from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
+
+
+def where(delay: float = 0.0) -> str:
+    time.sleep(delay)
+    return get_worker().address
+
+
+def _add_big_worker(qc: QuantumCluster, memory: int = 4 * 2**30) -> str:
+    before = set(qc.get_client().scheduler_info()["workers"])
+    template = qc.cluster.new_spec
+    qc.cluster.worker_spec["big"] = {"cls": template["cls"], "options": {**template["options"], "memory_limit": memory}}
+    qc.cluster.scale(len(qc.cluster.worker_spec))
+    qc.get_client().wait_for_workers(len(before) + 1, timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = {r["worker"]: r for r in qc.resources()}
+        new = set(rows) - before
+        if new and all(rows[w]["resources"].get(STATEVECTOR_BYTES) for w in new):
+            return new.pop()
+        time.sleep(0.1)
+    raise AssertionError("big worker did not register")
+
+
+@pytest.fixture(scope="module")
+def hetero():
+    """One small (1 GiB: 26 qubits) and one big (4 GiB: 28 qubits) worker."""
+    with dask.config.set({"qdask.scheduler.no-worker-timeout": "2s"}):
+        qc = QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB"))
+    try:
+        small = qc.resources()[0]["worker"]
+        big = _add_big_worker(qc)
+        yield qc, small, big
+    finally:
+        qc.close()
+
+
+def test_requirements_from_annotations():
+    assert requirements({"qubits": 20}) == {QUANTUM: 1, STATEVECTOR_BYTES: 8 * 2**20}
+    assert requirements({"qubits": 20, "work": "state"})[STATEVECTOR_BYTES] == 2 * 8 * 2**20
+    assert requirements({"gpu": 1}) == {"gpu": 1.0}
+
+
+def test_placement_by_memory_fit_and_best_fit(hetero):
+    qc, small, big = hetero
+    client = qc.get_client()
+    caps = {r["worker"]: r["max_qubits"] for r in qc.resources()}
+    assert caps[small] == 26 and caps[big] == 28
+    with dask.annotate(qdask={"qubits": 27}):
+        wide = client.submit(where, pure=False)
+    assert wide.result(timeout=30) == big  # only the big worker holds 27 qubits
+    with dask.annotate(qdask={"qubits": 10}):
+        narrow = client.submit(where, pure=False)
+    assert narrow.result(timeout=30) == small  # both idle: the smallest that fits wins
+
+
+def test_unsatisfiable_request_fails_fast_with_a_clear_error(hetero):
+    qc, _, _ = hetero
+    client = qc.get_client()
+    t0 = time.monotonic()
+    with dask.annotate(qdask={"qubits": 40}):
+        fut = client.submit(where, pure=False)
+    with pytest.raises(UnsatisfiableError) as info:
+        fut.result(timeout=30)
+    elapsed = time.monotonic() - t0
+    msg = str(info.value)
+    assert "statevector_bytes=8.00 TiB" in msg and "workers offer" in msg and "Fix:" in msg
+    plain = client.submit(where, resources={"QPU": 1}, pure=False)
+    with pytest.raises(UnsatisfiableError, match="QPU=1"):
+        plain.result(timeout=30)
+    print(f"fail-fast after {elapsed:.3f} s")
+
+
+def test_waiting_tasks_fail_after_capable_workers_leave():
+    with dask.config.set({"qdask.scheduler.no-worker-timeout": "2s"}):
+        qc = QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB"))
+    with qc:
+        _add_big_worker(qc)
+        client = qc.get_client()
+        with dask.annotate(qdask={"qubits": 27}):
+            running = client.submit(where, 1.0, pure=False)
+            waiting = client.submit(where, 1.0, pure=False)
+        qc.cluster.scale(1)  # gracefully retire the only capable worker
+        with pytest.raises(NoValidWorkerError):
+            waiting.result(timeout=60)
+        with pytest.raises((NoValidWorkerError, Exception)):
+            running.result(timeout=60)
+
+
+def test_priority_class_annotation_reaches_the_queue(hetero):
+    qc, small, _ = hetero
+    client = qc.get_client()
+    order = []
+    with dask.annotate(qdask={"qubits": 10}):
+        blocker = client.submit(where, 0.5, pure=False, workers=[small])
+        low = [client.submit(where, 0.05, pure=False, workers=[small], key=f"low-{i}") for i in range(5)]
+    with dask.annotate(qdask={"qubits": 10, "priority": "high"}):
+        high = client.submit(where, 0.0, pure=False, workers=[small], key="high-0")
+    for f in [blocker, *low, high]:
+        f.result(timeout=30)
+    story = client.get_task_stream  # noqa: F841 - kept for debugging with the dashboard
+    s_events = client.run_on_scheduler(
+        lambda dask_scheduler: {k: dask_scheduler.tasks[k].priority for k in ["high-0", "low-0"] if k in dask_scheduler.tasks}
+    )
+    assert s_events["high-0"] < s_events["low-0"]  # smaller tuple runs first
+
+
+@pytest.mark.parametrize("algorithm", ["dynamic", "static"])
+def test_worker_joining_mid_batch_gets_work_only_when_dynamic(algorithm):
+    with QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB")) as qc:
+        client = qc.get_client()
+        lb = qc.start_load_balancer(LoadBalancerConfig(algorithm=algorithm, check_interval="200ms"))
+        with dask.annotate(qdask={"qubits": 10}):
+            futures = [client.submit(where, 0.25, pure=False) for _ in range(24)]
+        time.sleep(0.5)
+        new = _add_big_worker(qc, memory=1 * 2**30)
+        ran_on = client.gather(futures)
+        status = lb.status()
+        if algorithm == "dynamic":
+            assert ran_on.count(new) > 0 and status["stealing_active"]
+            assert status["dask_steals"] + status["migrations"] > 0
+        else:
+            assert ran_on.count(new) == 0 and not status["stealing_active"]
+        lb.stop()
+        assert qc.get_client().sync(client.scheduler.qdask_balancer_status)["stealing_active"]
+
+
+def test_migration_respects_restrictions(hetero):
+    qc, small, big = hetero
+    client = qc.get_client()
+    lb = qc.start_load_balancer(LoadBalancerConfig(threshold=0.5, check_interval="100ms"))
+    try:
+        with dask.annotate(qdask={"qubits": 27}):
+            wide = [client.submit(where, 0.1, pure=False) for _ in range(10)]
+        assert set(client.gather(wide)) == {big}  # the idle small worker could never take them
+    finally:
+        lb.stop()
