@@ -7,6 +7,9 @@ in-memory filesystem) and corrupt them the ways disks and crashes do.
 from __future__ import annotations
 
 import logging
+import os
+import random
+import signal
 import threading
 import time
 
@@ -239,3 +242,74 @@ def test_buffered_results_count_as_hits_before_they_are_written():
     store.put("cc" + "3" * 62, [sample_result(index=0)])
     assert store.get("cc" + "3" * 62, index=5)[0].index == 5
     store.close()
+
+
+# -- shared by the cluster tests (test_fault.py, test_fault_recovery.py) -----------
+def on_worker() -> bool:
+    """Whether this code runs inside a task on a Dask worker."""
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+class PoisonGate(cirq.Gate):
+    """An X gate that kills the worker process that simulates it (SIGKILL), nowhere else."""
+
+    def _num_qubits_(self):
+        return 1
+
+    def _has_unitary_(self):
+        return True
+
+    def _unitary_(self):
+        if on_worker():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.array([[0, 1], [1, 0]], dtype=complex)
+
+    def __repr__(self):
+        return "PoisonGate()"
+
+
+class FailingGate(cirq.Gate):
+    """An X gate whose unitary raises ``error`` on workers (a backend failure), nowhere else."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def _num_qubits_(self):
+        return 1
+
+    def _has_unitary_(self):
+        return True
+
+    def _unitary_(self):
+        if on_worker():
+            raise self.error
+        return np.array([[0, 1], [1, 0]], dtype=complex)
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something true (generous: the test box is loaded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def worker_pids(client) -> dict[str, int]:
+    return client.run(os.getpid)
+
+
+def kill_worker(client, address: str | None = None) -> str:
+    """SIGKILL a worker process (a random one by default); its Nanny restarts it. Returns its address."""
+    pids = worker_pids(client)
+    address = address or random.choice(sorted(pids))
+    os.kill(pids[address], signal.SIGKILL)
+    return address

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import time
 
 import cirq
 import networkx as nx
@@ -208,3 +211,30 @@ def test_noise_aware_routing_picks_the_lowest_error_device(qc, client):
     finally:
         set_device_noise(client, {noisy: None, better: None})
     assert all(r["error_rate"] == 0.0 for r in _roles(qc).values() if r["role"] == "quantum")
+
+
+@pytest.mark.slow
+def test_routed_tasks_move_to_the_best_remaining_device_when_theirs_dies(qc, client):
+    best, other = sorted(a for a, r in _roles(qc).items() if r["role"] == "quantum")
+    set_device_noise(client, {best: {"readout_error": 0.01}, other: {"readout_error": 0.2}})
+    q = cirq.LineQubit.range(8)
+    noisy = cirq.Circuit(cirq.H.on_each(*q), cirq.depolarize(0.01).on_each(*q), cirq.measure(*q, key="m"))
+    sampler = qdask.Sampler(client, seed=3)
+    sampler.engine.optimization_level = "aggressive"
+    futures = [sampler.submit(noisy, repetitions=2000) for _ in range(6)]
+
+    def routed(dask_scheduler):
+        return [sorted(devices) for devices in dask_scheduler.extensions["qdask"].routing.routed.values()]
+
+    deadline = time.monotonic() + 120
+    while not client.run_on_scheduler(routed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.run_on_scheduler(routed) and all(d == [best] for d in client.run_on_scheduler(routed))
+    os.kill(client.run(os.getpid, workers=[best])[best], signal.SIGKILL)
+    results = client.gather(futures)
+    assert [len(r.measurements["m"]) for r in results] == [2000] * 6  # none stuck on the dead device
+    assert all(best not in d for d in client.run_on_scheduler(routed))
+    # The Nanny restarts the killed worker (noiseless); the next test sees two quantum workers again.
+    while sum(r["role"] == "quantum" for r in _roles(qc).values()) < 2 and time.monotonic() < deadline + 120:
+        time.sleep(0.1)
+    set_device_noise(client, {other: None})

@@ -180,6 +180,9 @@ def test_page_is_registered_served_and_linked_from_dask_pages(hybrid):
     from distributed.dashboard.scheduler import applications, template_variables
 
     scheduler = hybrid.cluster.scheduler
+    # ClusterConfig(enable_monitoring=True): sampling from the start, at the configured interval.
+    monitor = scheduler.extensions["qdask"].monitor
+    assert monitor.sampling and monitor.config.sampling_interval == 0.1
     assert applications[dashboard.ROUTE] is dashboard.qdask_doc
     assert dashboard.page_served(scheduler)
     assert dashboard.PAGE in template_variables(scheduler)["pages"]
@@ -191,7 +194,7 @@ def test_page_is_registered_served_and_linked_from_dask_pages(hybrid):
 
 
 # -- the page in a browser -------------------------------------------------------------------
-def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium, tmp_path):
+def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
     client = hybrid.get_client()
     annotation = {"kind": "circuit", "circuits": 1, "qubits": 16, "backend": "qsim", "est_seconds": 0.6,
                   "statevector_bytes": 2**20}
@@ -226,7 +229,6 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium, tmp_p
         assert kinds == ["node_failure"]
         busy = await page.screenshot()
         assert not_blank(busy) and busy != idle
-        (tmp_path / "dashboard.png").write_bytes(busy)
         if os.environ.get("QDASK_DASHBOARD_SCREENSHOT"):
             Path(os.environ["QDASK_DASHBOARD_SCREENSHOT"]).write_bytes(busy)
 

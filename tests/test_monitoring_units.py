@@ -265,13 +265,14 @@ def test_event_store_counts_kinds_and_recovery_time():
     store.record("node_failure", worker="tcp://127.0.0.1:1", cause="died", keys=["x"])
     store.record("recovery", duration=1.0)
     store.record("recovery", duration=3.0)
-    store.record("migration", count=5)
+    store.record("migration", count=5, worker="tcp://127.0.0.1:1", thief="tcp://127.0.0.1:2")
     stats = ErrorStatistics.from_dict(store.statistics())
     assert stats == ErrorStatistics(node_failures=1, network_errors=0, quantum_errors=0, avg_recovery_time=2.0,
                                     recoveries=2)
     assert store.totals["migration"] == 5
     assert len(store.events) == 2  # history bounded, totals not
-    assert [e.kind for e in store.since(0.0, ("migration",))] == ["migration"]
+    (migration,) = store.since(0.0, ("migration",))
+    assert migration.info == {"thief": "tcp://127.0.0.1:2"}
     with pytest.raises(ValueError, match="allowed"):
         store.record("oops")
     assert set(KINDS) >= {"node_failure", "network_error", "quantum_error", "recovery"}

@@ -8,7 +8,9 @@ import click
 import cirq
 import numpy as np
 
+from qdask.config import MonitoringConfig
 from qdask.deploy.cluster import QuantumCluster
+from qdask.monitoring.client import summary
 from qdask.quantum.sampler import Sampler
 
 
@@ -45,6 +47,7 @@ def run_demo(*, address: str | None, n_circuits: int, seed: int, progress: bool)
     with QuantumCluster(address=address) as qc:
         client = qc.get_client()
         click.echo(f"qdask cluster {qc.scheduler_address}, {len(client.nthreads())} worker(s)")
+        monitor = qc.start_monitoring(MonitoringConfig(sampling_interval="250ms"))
         sampler = Sampler(client, seed=seed, progress=progress)
         t1 = time.perf_counter()
         results = sampler.run_batch(circuits, repetitions=200)
@@ -63,4 +66,6 @@ def run_demo(*, address: str | None, n_circuits: int, seed: int, progress: bool)
             click.echo(f"  {w}: {n} circuits")
         click.echo(f"mean output entropy {np.mean(entropies):.2f} bits (classical tasks)")
         click.echo(f"wall time {wall:.2f} s")
-        click.echo(f"dashboard: {qc.dashboard_link}")
+        click.echo("\n" + summary(client))
+        monitor.stop()
+        click.echo(f"dashboard: {qc.dashboard_link}  (qdask page: /qdask)")

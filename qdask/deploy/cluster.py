@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
@@ -35,6 +36,11 @@ from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+#: Seconds a worker gets to exit on close. LocalCluster closes each Nanny with
+#: Dask's default of 5 s, then SIGKILL and a join within what is left; on a
+#: loaded host a worker restarted after a crash is not reaped in time and
+#: close() raises TimeoutError with the scheduler still running.
+WORKER_CLOSE_TIMEOUT = 30.0
 
 
 class QuantumCluster:
@@ -87,6 +93,7 @@ class QuantumCluster:
         self._client: Client | None = None
         self._tmpdir: str | None = None
         self._failure_handlers: FailureHandlers | None = None
+        self._elastic: elastic.ElasticScaling | None = None
         if address is not None:
             self.security = security
             self._client = connect_client(address, security)
@@ -302,7 +309,8 @@ class QuantumCluster:
                 "workers. Fix: pass the cluster manager that can, e.g. "
                 "qc.enable_elastic_scaling(config, cluster=slurm_cluster)."
             )
-        return elastic.enable(manager, cfg, **adaptive_kwargs)
+        self._elastic = elastic.enable(manager, cfg, **adaptive_kwargs)
+        return self._elastic
 
     # -- monitoring (qdask.monitoring) ---------------------------------------------
     def _monitor_if_configured(self) -> None:
@@ -448,6 +456,10 @@ class QuantumCluster:
 
         Leaves no child process, thread or temporary file behind.
         """
+        if self._elastic is not None:
+            # Before the workers go, so the adaptive loop cannot resize the cluster as it closes.
+            self._elastic.stop()
+            self._elastic = None
         if self._failure_handlers is not None:
             self._failure_handlers.close()
             self._failure_handlers = None
@@ -457,6 +469,7 @@ class QuantumCluster:
             self._client.close()
             self._client = None
         if self.cluster is not None:
+            self.cluster.sync(_close_workers, self.cluster)
             self.cluster.close()
             self.cluster = None
         if self._tmpdir is not None:
@@ -474,3 +487,7 @@ class QuantumCluster:
             return "<QuantumCluster closed>"
         return f"<QuantumCluster {self.scheduler_address}>"
 
+
+async def _close_workers(cluster: LocalCluster) -> None:
+    """Close every worker (Nanny) of ``cluster`` with :data:`WORKER_CLOSE_TIMEOUT`."""
+    await asyncio.gather(*(w.close(timeout=WORKER_CLOSE_TIMEOUT) for w in list(cluster.workers.values())))

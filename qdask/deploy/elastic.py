@@ -10,7 +10,8 @@ are. It changes four decisions:
   scheduler plugin, :mod:`qdask.scheduler.elastic`), not Dask's task-count
   based ``Scheduler.adaptive_target``; clamped to ``[min_nodes, max_nodes]``;
 * **step** -- each action multiplies (or divides) the node count by
-  ``scale_factor`` at most: 1 -> 2 -> 4 with factor 2, and back 4 -> 2 -> 1;
+  ``scale_factor`` at most, and changes it by one node at least: 1 -> 2 -> 4
+  with factor 2, and back 4 -> 2 -> 1;
 * **cooldown** -- no action within ``cooldown_period`` of the last one in the
   same direction;
 * **scale down** -- only idle quantum workers leave, through Dask's
@@ -46,21 +47,21 @@ logger = logging.getLogger(__name__)
 def next_size(current: int, desired: int, scale_factor: float) -> int:
     """The node count one scaling step takes ``current`` to on the way to ``desired``.
 
-    Growth multiplies by ``scale_factor`` (at least one node), shrinking
-    divides by it; a step never passes ``desired``.
+    A step changes the count by at most ``scale_factor`` either way (and by
+    at least one node), and never passes ``desired``.
 
     Examples
     --------
     >>> [next_size(n, 8, 2.0) for n in (0, 1, 2, 4)]
     [1, 2, 4, 8]
-    >>> [next_size(n, 1, 2.0) for n in (4, 2, 1)]
-    [2, 1, 1]
+    >>> [next_size(n, 1, 2.0) for n in (4, 3, 2, 1)]
+    [2, 2, 1, 1]
     """
-    # The epsilons keep 2 * 2.0 from rounding to 5 and 4 / 2.0 to 1.
+    # The epsilons keep float products such as 3 * 1.1 from rounding the wrong way.
     if desired > current:
-        return min(desired, max(current + 1, math.ceil(current * scale_factor - 1e-9)))
+        return min(desired, max(current + 1, math.floor(current * scale_factor + 1e-9)))
     if desired < current:
-        return max(desired, min(current - 1, math.floor(current / scale_factor + 1e-9)))
+        return max(desired, min(current - 1, math.ceil(current / scale_factor - 1e-9)))
     return current
 
 
@@ -86,8 +87,16 @@ class ScalingEvent:
     reason: str | None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ScalingEvent:
-        return cls(time=d["time"], kind=d["kind"], from_nodes=d["from"], to_nodes=d["to"], reason=d["reason"])
+    def from_event(cls, event: dict[str, Any]) -> ScalingEvent:
+        """From a recorded :class:`qdask.monitoring.events.Event` (as ``to_dict()``)."""
+        info = event.get("info") or {}
+        return cls(
+            time=event["time"],
+            kind=event["kind"],
+            from_nodes=info.get("from_nodes"),
+            to_nodes=info.get("to_nodes"),
+            reason=event.get("cause"),
+        )
 
 
 class ElasticAdaptive(Adaptive):
@@ -119,7 +128,7 @@ class ElasticAdaptive(Adaptive):
         info = await self.scheduler.qdask_elastic_target(target_duration=self.target_duration)
         cfg = self.config
         self._reason = (
-            f"{info['work']:.1f} s of queued circuit work wants {info['desired']} node(s) "
+            f"{info['work']:.1f} s of queued circuit work in {info['tasks']} task(s) wants {info['desired']} node(s) "
             f"({info['slots_per_node']:g} slot(s) each, target {self.target_duration:g} s; "
             f"bounds {cfg.min_nodes}-{cfg.max_nodes}, factor {cfg.scale_factor:g})"
         )
@@ -203,7 +212,7 @@ class ElasticScaling:
     def events(self, since: float = 0.0) -> list[ScalingEvent]:
         """Scaling events recorded on the scheduler at or after wall-clock time ``since``."""
         rows = self._cluster.sync(self._cluster.scheduler_comm.qdask_elastic_events, since=since)
-        return [ScalingEvent.from_dict(r) for r in rows]
+        return [ScalingEvent.from_event(r) for r in rows]
 
     def stop(self) -> None:
         """Stop scaling; the workers present stay."""
@@ -255,6 +264,14 @@ def enable(cluster: Any, config: ElasticConfig | None = None, **adaptive_kwargs:
             f"{type(cluster).__name__} cannot be scaled: elastic scaling needs a Dask cluster manager with "
             "adapt/scale/scale_down (a SpecCluster such as LocalCluster or dask-jobqueue's SLURMCluster). "
             "Fix: pass the manager, e.g. qc.enable_elastic_scaling(config, cluster=slurm_cluster)."
+        )
+    if "group" in (getattr(cluster, "new_spec", None) or {}):
+        # SpecCluster.scale_down removes whole jobs: retiring one idle worker
+        # would kill its busy job-mates and rerun their tasks.
+        raise ValueError(
+            f"{type(cluster).__name__} starts several worker processes per job, which elastic scaling cannot "
+            "retire one by one without losing work. Fix: one worker process per job with several threads, "
+            "e.g. SLURMCluster(cores=8, processes=1, ...)."
         )
     try:
         cluster.sync(cluster.scheduler_comm.qdask_elastic_target, target_duration=cfg.target_duration)

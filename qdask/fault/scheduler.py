@@ -11,8 +11,9 @@ counted in the plugin's :class:`~qdask.monitoring.events.EventStore`):
 
 * **node failure** -- the ``remove-worker`` event of a leave the worker did not
   announce (``expected=False``): ``"heartbeat-lost"`` when the scheduler's
-  ``worker-ttl`` check removed it, ``"died"`` otherwise (comm closed, the
-  Nanny reported the process gone). Retirements are graceful: no event.
+  ``worker-ttl`` check gave up on it (its ``worker-ttl-timed-out`` event, then
+  a restart through its Nanny or a removal), ``"died"`` otherwise (comm closed,
+  the Nanny reported the process gone). Retirements are graceful: no event.
 * **network error** -- a worker asks the scheduler where keys are (the
   ``request-refresh-who-has`` stream message of its find-missing loop) while
   the scheduler still lists live holders: its transfers from them failed
@@ -184,6 +185,8 @@ class FaultManager:
         self.recoveries: dict[int, _Recovery] = {}
         self.waiting_on: dict[Hashable, set[int]] = {}
         self._ids = itertools.count()
+        # Workers the worker-ttl check gave up on, until their removal arrives.
+        self._timed_out: set[str] = set()
         self.tracker = RecoveryTracker(self)
         # (worker, key) transfer failures already reported: find-missing repeats every heartbeat
         self._reported: set[tuple[str, Hashable]] = set()
@@ -270,7 +273,9 @@ class FaultManager:
         s = self.scheduler
         now = time.time()
         stimulus = str(msg.get("stimulus_id", ""))
-        cause = "heartbeat-lost" if stimulus.startswith("check-worker-ttl") else "died"
+        timed_out = msg["worker"] in self._timed_out or stimulus.startswith("check-worker-ttl")
+        self._timed_out.discard(msg["worker"])
+        cause = "heartbeat-lost" if timed_out else "died"
         rescheduled: list[TaskState] = []
         failed: list[str] = []
         isolated: list[str] = []
@@ -311,6 +316,10 @@ class FaultManager:
             record=False,  # the plugin counts node failures with the registry
         )
 
+    def heartbeat_lost(self, workers: list[str]) -> None:
+        """The scheduler's ``worker-ttl-timed-out`` event: these workers stopped answering."""
+        self._timed_out.update(w for w in workers if w in self.scheduler.workers)
+
     def _isolate(self, ts: TaskState) -> bool:
         """Mark a chunk of several circuits so that its retry hands them back one by one."""
         ann = circuit_annotation(ts)
@@ -332,7 +341,9 @@ class FaultManager:
             self.held[ts.key] = ts.resource_restrictions
             ts.resource_restrictions = {**(ts.resource_restrictions or {}), HOLD_RESOURCE: 1}
         if NAME not in self.scheduler.periodic_callbacks:
-            pc = PeriodicCallback(self._keep_held, 1000)
+            # Well within Dask's no-workers-timeout, which held tasks must never reach.
+            timeout = self.scheduler.no_workers_timeout
+            pc = PeriodicCallback(self._keep_held, 1000 * min(1.0, timeout / 4 if timeout else 1.0))
             self.scheduler.periodic_callbacks[NAME] = pc
             pc.start()
         return str(ts.key)

@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 #: Value of the ``route`` key of a circuit task's ``qdask`` annotation.
 LOWEST_ERROR = "lowest-error"
 
-_DONE = ("memory", "erred", "forgotten")
+#: Task states after which a restriction no longer matters. Not "memory": a
+#: result lost with its worker is recomputed under the same restrictions.
+_DONE = ("erred", "forgotten")
 
 
 class HybridRouting:
@@ -67,6 +69,7 @@ class HybridRouting:
         # { worker address: {"gate_error": p, "readout_error": q} or None }
         self.noise: dict[str, dict[str, float] | None] = {}
         # { task key: addresses it was routed to }, for re-routing on departures
+        # (kept until the task is forgotten: lost results are recomputed)
         self.routed: dict[Any, frozenset[str]] = {}
 
     def handlers(self) -> dict[str, Callable[..., Any]]:

@@ -387,14 +387,27 @@ def tasks_for(view: ClusterView) -> int:
 
 
 def submit_paths(
-    client: Client, prep: Prepared, cut: Cut, bitstrings: Sequence[int], view: ClusterView, *, tasks: int, priority: int = 0
+    client: Client,
+    prep: Prepared,
+    cut: Cut,
+    bitstrings: Sequence[int],
+    view: ClusterView,
+    *,
+    tasks: int,
+    priority: int = 0,
+    threads: int | None = None,
 ) -> list[Future]:
-    """One Dask task per range of prefix values, each on a quantum worker that holds ``cut.memory``."""
+    """One Dask task per range of prefix values, each on a quantum worker that holds ``cut.memory``.
+
+    ``threads`` (qsimh's ``t``) defaults to the cores per quantum slot for
+    parts of :data:`~qdask.quantum.cost.PARALLEL_MIN_QUBITS` qubits or more, else 1.
+    """
     from qdask.quantum.plan import Chunk
 
     tasks = max(1, min(tasks, cut.prefixes))
     edges = np.linspace(0, cut.prefixes, tasks + 1).astype(int)
-    threads = view.big_threads if max(cut.sizes) >= PARALLEL_MIN_QUBITS else 1
+    if threads is None:
+        threads = view.big_threads if max(cut.sizes) >= PARALLEL_MIN_QUBITS else 1
     per_prefix = view.cost.per_circuit + view.cost.per_amp_op * cut.work / view.cost.speedup(max(cut.sizes), threads)
     futures = []
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
@@ -434,6 +447,7 @@ def compute_amplitudes(
     qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
     *,
     tasks: int | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Amplitudes of ``bitstrings`` by Schrödinger-Feynman, prefix paths spread over the cluster.
 
@@ -449,6 +463,8 @@ def compute_amplitudes(
         As for ``cirq.SimulatesAmplitudes``.
     tasks : int, optional
         Dask tasks to split the paths into; default ``paths-per-slot`` per quantum slot.
+    threads : int, optional
+        qsimh threads per task (see :func:`submit_paths`).
 
     Returns
     -------
@@ -468,7 +484,7 @@ def compute_amplitudes(
     ntasks = tasks if tasks is not None else tasks_for(view)
     prep, cut = plan(circuit, qubit_order, view, tasks=ntasks)
     logger.info("Schrödinger-Feynman cut %s: %d prefix values over %d tasks", cut, cut.prefixes, ntasks)
-    parts = client.gather(submit_paths(client, prep, cut, bitstrings, view, tasks=ntasks))
+    parts = client.gather(submit_paths(client, prep, cut, bitstrings, view, tasks=ntasks, threads=threads))
     return (sum(p[0] for p in parts) * prep.phase).astype(np.complex64)
 
 

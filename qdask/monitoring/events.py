@@ -39,6 +39,8 @@ class Event:
     keys: list[str] = field(default_factory=list)
     duration: float | None = None
     count: int = 1
+    # Anything else the recording subsystem wants kept (e.g. a migration's ``thief``).
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +79,7 @@ class EventStore:
         duration: float | None = None,
         count: int = 1,
         when: float | None = None,
+        **info: Any,
     ) -> Event:
         """Record one event.
 
@@ -96,6 +99,8 @@ class EventStore:
             Events this record stands for (e.g. tasks moved by one migration).
         when : float, optional
             Wall-clock time; now by default.
+        **info
+            Further msgpack-friendly fields kept with the event (``Event.info``).
         """
         if kind not in KINDS:
             raise ValueError(f"EventStore.record(kind={kind!r}) is invalid: allowed {KINDS}.")
@@ -107,6 +112,7 @@ class EventStore:
             keys=[str(k) for k in keys],
             duration=duration,
             count=count,
+            info=info,
         )
         self.totals[kind] += count
         if kind == "recovery" and duration is not None:

@@ -112,7 +112,8 @@ class QdaskCollector(PrometheusCollector):
             sched = s.address
             roles = {"quantum": 0, "classical": 0}
             slots = busy = 0.0
-            for addr, ws in s.workers.items():
+            # A copy: with several schedulers in the process, another one may run on another thread.
+            for addr, ws in list(s.workers.items()):
                 res = worker_resources(ws)
                 roles["quantum" if res["quantum_slots"] else "classical"] += 1
                 slots += res["quantum_slots"]

@@ -8,6 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qdask.deploy.spec import scheduler_plugins
+from qdask.monitoring import dashboard
+
+# The dashboard reads its page table once, before dask_setup runs: register
+# the /qdask page at import of the preload.
+dashboard.register()
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler

@@ -9,22 +9,22 @@ interval and decides. What it answers needs the scheduler's state:
 * **how much quantum work is queued** -- the sum of the cost model's
   ``est_seconds`` (the ``qdask`` annotation of circuit tasks) over circuit
   tasks not yet finished, and the node count that drains it within
-  ``target_duration``;
+  ``target_duration`` (never more than those tasks can keep busy);
 * **which workers may leave** -- running quantum workers with nothing
   assigned, and the retirement itself, checked and started in one step of the
   event loop so no task lands on a worker between the check and Dask's
   ``retire_workers`` (which then copies the results it holds to the workers
   that stay before closing it);
 * **what happened** -- ``scale_up`` / ``scale_down`` events in the plugin's
-  :class:`~qdask.monitoring.events.EventStore`, with the node counts before
-  and after and the reason.
+  :class:`~qdask.monitoring.events.EventStore`: the reason as ``cause``, the
+  nodes added or removed as ``count`` and the node counts before and after
+  as ``info["from_nodes"]`` / ``info["to_nodes"]``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,25 +39,27 @@ if TYPE_CHECKING:
 #: Event kinds elastic scaling records.
 KINDS = ("scale_up", "scale_down")
 
-# The event store has no from/to fields: the counts lead the ``cause`` text.
-_CAUSE = re.compile(r"^(?P<old>\d+) -> (?P<new>\d+) nodes: (?P<reason>.*)$", re.S)
-
 
 def circuit_seconds(ts: TaskState) -> float:
-    """The cost model's estimate of a circuit task; 0 for any other task."""
+    """The cost model's estimate of a circuit task; 0 for any other task (or an estimate of 0)."""
     meta = (ts.annotations or {}).get("qdask")
     if isinstance(meta, dict) and meta.get("kind") == "circuit":
         return float(meta.get("est_seconds", 0.0))
     return 0.0
 
 
-def desired_nodes(work: float, target_duration: float, slots_per_node: float, fixed: int = 0) -> int:
+def desired_nodes(
+    work: float, tasks: int, target_duration: float, slots_per_node: float, fixed: int = 0
+) -> int:
     """Nodes that drain ``work`` seconds of circuits within ``target_duration``.
 
     Parameters
     ----------
     work : float
         Estimated seconds of queued circuit work (one slot each).
+    tasks : int
+        Circuit tasks that make it up: a task runs on one slot, so more
+        nodes than these tasks can fill would idle.
     target_duration : float
         Seconds the queue should take to drain.
     slots_per_node : float
@@ -67,31 +69,17 @@ def desired_nodes(work: float, target_duration: float, slots_per_node: float, fi
 
     Examples
     --------
-    >>> desired_nodes(40.0, 5.0, 2)  # 40 s of work, 5 s target, 2 slots each
+    >>> desired_nodes(40.0, 100, 5.0, 2)  # 40 s of work in 100 tasks, 5 s target, 2 slots each
     4
-    >>> desired_nodes(0.0, 5.0, 2, fixed=1)
+    >>> desired_nodes(40.0, 2, 5.0, 1)  # two 20 s circuits: two nodes, not eight
+    2
+    >>> desired_nodes(0.0, 0, 5.0, 2, fixed=1)
     1
     """
-    return fixed + math.ceil(work / (target_duration * max(slots_per_node, 1e-9)) - 1e-9)
-
-
-def describe(old: int, new: int, reason: str) -> str:
-    """The ``cause`` of a scaling event; :func:`parse` reads it back."""
-    return f"{old} -> {new} nodes: {reason}"
-
-
-def parse(event: dict[str, Any]) -> dict[str, Any]:
-    """A recorded scaling event as ``{"time", "kind", "from", "to", "reason"}``."""
-    match = _CAUSE.match(event.get("cause") or "")
-    if match is None:  # recorded by someone else: counts unknown
-        return {"time": event["time"], "kind": event["kind"], "from": None, "to": None, "reason": event.get("cause")}
-    return {
-        "time": event["time"],
-        "kind": event["kind"],
-        "from": int(match["old"]),
-        "to": int(match["new"]),
-        "reason": match["reason"],
-    }
+    slots = max(slots_per_node, 1e-9)
+    # The epsilon keeps 40 / 10 from rounding up to 5.
+    by_work = math.ceil(work / (target_duration * slots) - 1e-9)
+    return fixed + min(by_work, math.ceil(tasks / slots - 1e-9))
 
 
 class ElasticSupport:
@@ -119,8 +107,8 @@ class ElasticSupport:
         }
 
     # -- sizing ------------------------------------------------------------------
-    def queued_seconds(self) -> float:
-        """Estimated seconds of circuit tasks not finished yet.
+    def queued_work(self) -> tuple[float, int]:
+        """Estimated seconds and number of circuit tasks not finished yet.
 
         Circuit tasks carry resource restrictions, so Dask assigns them to a
         worker at once (``processing``, waiting there as ``constrained``);
@@ -128,8 +116,13 @@ class ElasticSupport:
         unrestricted ones. Reading these is O(tasks in flight), no hook needed.
         """
         s = self.scheduler
-        tasks = itertools.chain(s.unrunnable, s.queued, *(ws.processing for ws in s.workers.values()))
-        return sum(circuit_seconds(ts) for ts in tasks)
+        work, count = 0.0, 0
+        for ts in itertools.chain(s.unrunnable, s.queued, *(ws.processing for ws in s.workers.values())):
+            seconds = circuit_seconds(ts)
+            if seconds > 0:
+                work += seconds
+                count += 1
+        return work, count
 
     def target(self, target_duration: float) -> dict[str, Any]:
         """Queued work, slots per node and the node count that drains it in ``target_duration``."""
@@ -139,12 +132,13 @@ class ElasticSupport:
         # No quantum worker yet (or none at all): assume the usual one slot per node.
         slots_per_node = sum(slots) / len(slots) if slots else 1.0
         fixed = len(quantum) - len(slots)
-        work = self.queued_seconds()
+        work, tasks = self.queued_work()
         return {
             "work": work,
+            "tasks": tasks,
             "slots_per_node": slots_per_node,
             "fixed": fixed,
-            "desired": desired_nodes(work, target_duration, slots_per_node, fixed),
+            "desired": desired_nodes(work, tasks, target_duration, slots_per_node, fixed),
         }
 
     # -- scaling down --------------------------------------------------------------
@@ -202,9 +196,12 @@ class ElasticSupport:
         """Record a scaling action from ``old`` to ``new`` nodes, taken at wall-clock ``when`` (now)."""
         if kind not in KINDS:
             raise ValueError(f"record(kind={kind!r}) is not a scaling kind: allowed {KINDS}.")
-        event = self.events.record(kind, cause=describe(old, new, reason), count=abs(new - old), when=when)
-        return parse(event.to_dict())
+        # ``count`` is the nodes added or removed, so qdask_events_total sums nodes.
+        event = self.events.record(
+            kind, cause=reason, count=abs(new - old), when=when, from_nodes=old, to_nodes=new
+        )
+        return event.to_dict()
 
     def history(self, since: float = 0.0) -> list[dict[str, Any]]:
-        """Scaling events at or after wall-clock time ``since``, oldest first."""
-        return [parse(e.to_dict()) for e in self.events.since(since, KINDS)]
+        """Scaling events (``Event.to_dict()``) at or after wall-clock time ``since``, oldest first."""
+        return [e.to_dict() for e in self.events.since(since, KINDS)]

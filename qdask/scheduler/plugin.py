@@ -172,6 +172,8 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
             self.routing.set_noise(msg["worker"], msg.get("noise"))
         elif topic == QUANTUM_ERRORS_TOPIC and self.fault is not None:
             self.fault.worker_event(msg)
+        elif topic == "scheduler" and action == "worker-ttl-timed-out" and self.fault is not None:
+            self.fault.heartbeat_lost(msg.get("workers", []))
 
     # -- handlers ----------------------------------------------------------------
     def _resources_handler(self) -> list[dict[str, Any]]:
