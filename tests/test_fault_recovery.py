@@ -69,6 +69,12 @@ def of(events: list, cls: type, **match) -> list:
     return [e for e in events if isinstance(e, cls) and all(getattr(e, k) == v for k, v in match.items())]
 
 
+def state(qc: QuantumCluster, key: str) -> str | None:
+    """The scheduler's state of ``key`` (None until the scheduler has it)."""
+    ts = qc.cluster.scheduler.tasks.get(key)
+    return ts.state if ts is not None else None
+
+
 def two_workers(client) -> tuple[str, str]:
     a, b = sorted(worker_pids(client))
     return a, b
@@ -105,7 +111,8 @@ def test_death_heartbeat_loss_and_graceful_leave_are_told_apart(qc, client, even
     name = s.workers[retired].name
     client.retire_workers([retired])
     wait_for(lambda: len(s.workers) == 1)
-    del qc.cluster.worker_spec[name]
+    del qc.cluster.worker_spec[name]  # a new name: SpecCluster would reuse the retired one
+    qc.cluster.worker_spec[f"after-{name}"] = qc.cluster.new_spec
     qc.cluster.scale(2)
     client.wait_for_workers(2, timeout=300)
     # Death: SIGKILL.
@@ -215,7 +222,7 @@ def test_dead_workers_task_runs_before_older_queued_work(qc, client, events, tmp
     busy = client.submit(stamp, gate, workers=[b], resources=SLOT, pure=False)
     # Queued on b before x exists: older work, which Dask alone would run first.
     queued = [client.submit(stamp, workers=[b], resources=SLOT, pure=False) for _ in range(3)]
-    wait_for(lambda: all(qc.cluster.scheduler.tasks[f.key].state == "processing" for f in queued))
+    wait_for(lambda: all(state(qc, f.key) == "processing" for f in queued))
     marker = str(tmp_path / "x-started")
     x = client.submit(first_attempt_blocks, marker, workers=[a], allow_other_workers=True, resources=SLOT,
                       pure=False)
@@ -245,13 +252,13 @@ def test_manual_mode_holds_work_until_resubmitted_or_cancelled(qc, client, event
         marker = str(tmp_path / "started")
         first = client.submit(first_attempt_blocks, marker, workers=[a], allow_other_workers=True, resources=SLOT,
                               pure=False)
-        second = client.submit(stamp, workers=[a], allow_other_workers=True, resources=SLOT, pure=False)
+        second = client.submit(stamp, workers=[a], resources=SLOT, pure=False)  # waits on a behind first
         wait_for(lambda: os.path.exists(marker))
         kill_worker(client, a)
         failure = wait_for(lambda: of(events, NodeFailure, worker=a))[0]
         assert failure.recovery.mode == "manual"
         assert set(failure.recovery.held) == {first.key, second.key}
-        wait_for(lambda: all(s.tasks[f.key].state == "no-worker" for f in (first, second)))
+        wait_for(lambda: all(state(qc, f.key) == "no-worker" for f in (first, second)))
         time.sleep(5.0)
         assert all(s.tasks[f.key].state == "no-worker" for f in (first, second))
         assert sorted(ft.held()) == sorted([first.key, second.key])

@@ -157,6 +157,8 @@ class QuantumCluster:
         lay = spec.layout(self.config, self.hybrid)
         inproc = self.config.protocol == "inproc"
         protocol = self.config.protocol or ("tls" if self.security else None)
+        # The cluster's optimization level lives on its scheduler (docs/hybrid.md).
+        level = self.hybrid.optimization_level if self.hybrid is not None else None
         kwargs: dict[str, Any] = dict(
             n_workers=lay.quantum,
             threads_per_worker=lay.threads_per_node,
@@ -167,7 +169,7 @@ class QuantumCluster:
             security=self.security,
             dashboard_address=f"{LOOPBACK}:0",
             local_directory=self._tmpdir,
-            scheduler_kwargs={"plugins": spec.scheduler_plugins(self.hybrid.optimization_level if self.hybrid else None)},
+            scheduler_kwargs={"plugins": spec.scheduler_plugins(level)},
             plugins=spec.worker_plugins("quantum"),
         )
         kwargs.update(cluster_kwargs)

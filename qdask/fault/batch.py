@@ -86,6 +86,8 @@ class BatchGuard:
         self._chunks: dict[Any, Chunk] = {}  # { future key: chunk it runs }
         self._restore_keys: set[Any] = set()
         self._blocks: dict[int, int] = defaultdict(int)  # { job index: blocks (tasks) it was split in }
+        #: Annotation of the batch's chunks: the scheduler may hand them back for isolation.
+        self.annotations = {ANNOTATION: {"isolatable": True}}
         self._received: dict[int, list[TaskResult]] = defaultdict(list)
         self._resubmitted: list[Future] = []  # held so Dask keeps them until collected
         self.poisoned: dict[int, str] = {}
@@ -142,7 +144,7 @@ class BatchGuard:
                 [task], job.est_seconds * task.repetitions / max(job.repetitions, 1), job.memory, job.info.num_qubits
             )
             # One death is already behind each circuit: it counts toward max_failures.
-            with dask.annotate(**{ANNOTATION: {"failures": 1, "origin": key}}):
+            with dask.annotate(**{ANNOTATION: {"failures": 1, "origin": key, "isolatable": False}}):
                 fut = self.engine._submit_chunk(single, dump_tasks([task]), self.work, self.priority)
             self._chunks[fut.key] = single
             self._resubmitted.append(fut)
@@ -156,7 +158,8 @@ class BatchGuard:
             received = self._received[r.index]
             received.append(r)
             key = self.keys.get(r.index)
-            if key is not None and len(received) == self._blocks[r.index]:
+            # A job is one block unless chunking split it (other paths return it whole).
+            if key is not None and len(received) == self._blocks.get(r.index, 1):
                 self.store.put(key, sorted(received, key=lambda b: b.start))
                 del self._received[r.index]
 

@@ -172,7 +172,7 @@ class FaultManager:
         What ``enable_fault_tolerance`` set; None: defaults (automatic recovery,
         Dask's ``allowed-failures``, one replica, no isolation).
     held : dict
-        ``{key: original resource restrictions}`` of work held in manual mode.
+        ``{key: (resource restrictions, loose restrictions)}`` before work was held (manual mode).
     """
 
     def __init__(self, scheduler: Scheduler, events: EventStore) -> None:
@@ -180,7 +180,7 @@ class FaultManager:
         self.events = events
         self.config: FaultToleranceConfig | None = None
         self._dask_allowed_failures = scheduler.allowed_failures
-        self.held: dict[Hashable, dict[str, float] | None] = {}
+        self.held: dict[Hashable, tuple[dict[str, float] | None, bool]] = {}
         # { id: open recovery } and { key: ids of the recoveries waiting for it }
         self.recoveries: dict[int, _Recovery] = {}
         self.waiting_on: dict[Hashable, set[int]] = {}
@@ -323,10 +323,17 @@ class FaultManager:
     def _isolate(self, ts: TaskState) -> bool:
         """Mark a chunk of several circuits so that its retry hands them back one by one."""
         ann = circuit_annotation(ts)
-        # A chunk other tasks depend on (Sampler.submit) keeps its key: it is retried whole.
-        if self.config is None or ann is None or int(ann.get("circuits", 1)) < 2 or ts.dependents:
-            return False
         old = ts.annotations or {}
+        # Only a batch a client collects can take the circuits back (the chunk is annotated so);
+        # a chunk other tasks depend on (Sampler.submit) keeps its key and is retried whole.
+        if (
+            self.config is None
+            or ann is None
+            or int(ann.get("circuits", 1)) < 2
+            or not old.get(ANNOTATION, {}).get("isolatable")
+            or ts.dependents
+        ):
+            return False
         # A new dict: tasks of one graph share their annotations' dicts.
         ts.annotations = {**old, ANNOTATION: {**old.get(ANNOTATION, {}), "isolate": True}}
         return True
@@ -338,8 +345,10 @@ class FaultManager:
     # -- manual recovery -----------------------------------------------------------
     def _hold(self, ts: TaskState) -> str:
         if ts.key not in self.held:
-            self.held[ts.key] = ts.resource_restrictions
+            self.held[ts.key] = (ts.resource_restrictions, ts.loose_restrictions)
             ts.resource_restrictions = {**(ts.resource_restrictions or {}), HOLD_RESOURCE: 1}
+            # Loose restrictions (allow_other_workers=True) would let any worker take it.
+            ts.loose_restrictions = False
         if NAME not in self.scheduler.periodic_callbacks:
             # Well within Dask's no-workers-timeout, which held tasks must never reach.
             timeout = self.scheduler.no_workers_timeout
@@ -374,11 +383,11 @@ class FaultManager:
         for key in list(self.held):
             if wanted is not None and str(key) not in wanted:
                 continue
-            restrictions = self.held.pop(key)
+            restrictions, loose = self.held.pop(key)
             ts = s.tasks.get(key)
             if ts is None:
                 continue
-            ts.resource_restrictions = restrictions
+            ts.resource_restrictions, ts.loose_restrictions = restrictions, loose
             released.append(ts)
         runnable = sorted((ts for ts in released if ts.state == "no-worker"), key=lambda t: t.priority, reverse=True)
         # Recommendations are processed last-in first-out: highest priority last.

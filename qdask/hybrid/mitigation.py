@@ -159,7 +159,9 @@ class ClusterExecutor:
         return [self.raw[cirq.FrozenCircuit(c)] for c in circuits]
 
 
-def to_mitiq_observable(observable: cirq.PauliSumLike | mitiq.Observable, qubits: Sequence[cirq.Qid]) -> mitiq.Observable:
+def to_mitiq_observable(
+    observable: cirq.PauliSumLike | mitiq.Observable, qubits: Sequence[cirq.Qid]
+) -> mitiq.Observable:
     """A ``mitiq.Observable`` from a cirq Pauli sum on ``qubits`` (mitiq indexes them by position)."""
     if isinstance(observable, mitiq.Observable):
         return observable

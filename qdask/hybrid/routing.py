@@ -136,10 +136,11 @@ class HybridRouting:
                 ts.loose_restrictions = True
 
     def _classical_workers(self) -> set[str]:
+        live = self.scheduler.workers
         return {
             address
             for address, rec in self.registry.workers.items()
-            if rec.capabilities is not None and rec.capabilities.role == "classical" and address in self.scheduler.workers
+            if rec.capabilities is not None and rec.capabilities.role == "classical" and address in live
         }
 
     def _route(self, ts: TaskState) -> None:

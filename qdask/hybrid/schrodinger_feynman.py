@@ -105,7 +105,9 @@ class Prepared:
     phase: complex
 
 
-def prepare(circuit: cirq.AbstractCircuit, qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT, index: int = 0) -> Prepared:
+def prepare(
+    circuit: cirq.AbstractCircuit, qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT, index: int = 0
+) -> Prepared:
     """Decompose ``circuit`` into gates qsimh can cut.
 
     Raises
@@ -434,7 +436,9 @@ def submit_paths(
     return futures
 
 
-def plan(circuit: cirq.AbstractCircuit, qubit_order: cirq.QubitOrderOrList, view: ClusterView, *, tasks: int, index: int = 0) -> tuple[Prepared, Cut]:
+def plan(
+    circuit: cirq.AbstractCircuit, qubit_order: cirq.QubitOrderOrList, view: ClusterView, *, tasks: int, index: int = 0
+) -> tuple[Prepared, Cut]:
     """Prepare ``circuit`` and cut it for ``view``'s workers."""
     prep = prepare(circuit, qubit_order, index)
     return prep, plan_cut(prep, max_part=max_part_qubits(view.max_statevector_bytes), tasks=tasks, index=index)
@@ -498,7 +502,8 @@ def submit_job(client: Client, job: Job, view: ClusterView, priority: int) -> Fu
     tasks = tasks_for(view)
     prep, cut = plan(circuit, job.extra["qubit_order"], view, tasks=tasks, index=job.index)
     futures = submit_paths(client, prep, cut, job.extra["bitstrings"], view, tasks=tasks, priority=priority)
-    return client.submit(_job_result, job.index, prep.phase, *futures, key=f"qdask-sf-sum-{uuid.uuid4().hex}", pure=False)
+    key = f"qdask-sf-sum-{uuid.uuid4().hex}"
+    return client.submit(_job_result, job.index, prep.phase, *futures, key=key, pure=False)
 
 
 def _job_result(index: int, phase: complex, *parts: tuple[np.ndarray, float, str]) -> list[TaskResult]:

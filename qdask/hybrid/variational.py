@@ -239,7 +239,9 @@ def _one_symbol_per_use(circuit: cirq.AbstractCircuit, symbols: list[sympy.Symbo
         exponent = sympy.sympify(gate.exponent)
         free = exponent.free_symbols
         if len(free) != 1 or next(iter(free)) not in index:
-            raise NotShiftableError(f"the exponent of {op} depends on {sorted(map(str, free))}, not on one of the symbols")
+            raise NotShiftableError(
+                f"the exponent of {op} depends on {sorted(map(str, free))}, not on exactly one of the symbols"
+            )
         symbol = next(iter(free))
         slope = sympy.diff(exponent, symbol)
         offset = sympy.simplify(exponent - slope * symbol)

@@ -184,10 +184,12 @@ class Engine:
             chunks = make_chunks(todo, view, target_chunk_seconds(todo, view), policy)
         prio = self.priority if priority is None else resolve_priority(priority)
         sub = Submission(jobs, chunks, [], guard=guard)
-        for chunk in chunks:
-            blob = dump_tasks(chunk.tasks)
-            sub.circuit_bytes += len(blob)
-            sub.futures.append(self._submit_chunk(chunk, blob, work, prio))
+        # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).
+        with dask.annotate(**(guard.annotations if guard is not None else {})):
+            for chunk in chunks:
+                blob = dump_tasks(chunk.tasks)
+                sub.circuit_bytes += len(blob)
+                sub.futures.append(self._submit_chunk(chunk, blob, work, prio))
         for job in paths:
             sub.futures.append(schrodinger_feynman.submit_job(self.client, job, view, prio))
         if guard is not None:
