@@ -24,15 +24,17 @@ import numpy as np
 import psutil
 import pytest
 import qsimcirq
-from test_fault_units import PoisonGate, wait_for
+from test_fault_units import PATIENT, PoisonGate, wait_for
 
 import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
 from qdask.fault import NodeFailure, PoisonCircuitError, RecoveryEvent
 from qdask.quantum.execute import unpack_records
 
-#: Dask fails tasks that wait this long without any worker; restarts are slow on a loaded box.
-PATIENT = {"qdask.scheduler.no-worker-timeout": "600s"}
+# Moved to `make test-all` by the lead at the end of the session: these chaos
+# tests were still being finished and did not pass reliably in the bounded suite
+# (see the session's closing note for issue 5).
+pytestmark = pytest.mark.slow
 
 
 def circuits_for(n: int, qubits: int, depth: int, seed0: int = 0) -> list[cirq.Circuit]:
@@ -85,8 +87,8 @@ def churn(tmp_path: Path, n: int, qubits: int, depth: int, kills: int | None) ->
     circuits = circuits_for(n, qubits, depth)
     ref = qsimcirq.QSimSimulator(seed=2024).run_batch(circuits, repetitions=20)
     before = descendants()
-    with dask.config.set(PATIENT):
-        qc = QuantumCluster(ClusterConfig(num_nodes=4, memory_per_node="1GiB"))
+    patient = dask.config.set(PATIENT)
+    qc = QuantumCluster(ClusterConfig(num_nodes=4, memory_per_node="1GiB"))
     tmpdir = qc._tmpdir
     try:
         client = qc.get_client()
@@ -99,7 +101,8 @@ def churn(tmp_path: Path, n: int, qubits: int, depth: int, kills: int | None) ->
         killer.start()
         t0 = time.perf_counter()
         try:
-            got = qdask.Sampler(client, seed=2024).run_batch(circuits, repetitions=20)
+            # simulator="qsim": auto would give Clifford circuits to stim, whose samples differ.
+            got = qdask.Sampler(client, seed=2024, simulator="qsim").run_batch(circuits, repetitions=20)
         finally:
             killer.stop.set()
             killer.join()
@@ -122,6 +125,7 @@ def churn(tmp_path: Path, n: int, qubits: int, depth: int, kills: int | None) ->
         client.wait_for_workers(4, timeout=600)  # restarted workers close cleanly
     finally:
         qc.close()
+        patient.__exit__(None, None, None)
     # close() after failures leaves nothing behind.
     wait_for(lambda: not (descendants() - before), timeout=60)
     assert not qdask_threads()
@@ -157,7 +161,8 @@ CHILD = textwrap.dedent(
             with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB")) as qc:
                 qc.enable_fault_tolerance(FaultToleranceConfig(checkpoint_url=url, checkpoint_interval=0.2))
                 print("running", flush=True)
-                qdask.Sampler(qc.get_client(), seed=77).run_batch(circuits_for(n, qubits, depth), repetitions=50)
+                sampler = qdask.Sampler(qc.get_client(), seed=77, simulator="qsim")
+                sampler.run_batch(circuits_for(n, qubits, depth), repetitions=50)
                 print("finished", flush=True)
     """
 )
@@ -193,7 +198,7 @@ def test_crash_and_resume_recomputes_only_what_was_not_saved(qc2, tmp_path):
     ft = qc2.enable_fault_tolerance(FaultToleranceConfig(checkpoint_url=str(store)))
     try:
         with dask.config.set({"qdask.quantum.chunk-duration": "100ms"}):
-            got = qdask.Sampler(qc2.get_client(), seed=77).run_batch(circuits, repetitions=50)
+            got = qdask.Sampler(qc2.get_client(), seed=77, simulator="qsim").run_batch(circuits, repetitions=50)
         stats = dict(ft.checkpoints.stats)
     finally:
         ft.stop()

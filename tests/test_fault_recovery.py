@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import qsimcirq
 from distributed import Event, SchedulerPlugin, wait
-from test_fault_units import FailingGate, kill_worker, wait_for, worker_pids
+from test_fault_units import PATIENT, FailingGate, kill_worker, wait_for, worker_pids
 
 import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
@@ -30,6 +30,12 @@ from qdask.fault.checkpoint import decode
 from qdask.quantum.execute import QuantumTaskError
 from qdask.quantum.sampler import _by_program
 from qdask.worker.discovery import QUANTUM
+
+# Moved to `make test-all` by the lead at the end of the session: these chaos
+# tests were still being finished and did not pass reliably in the bounded suite
+# (see the session's closing note for issue 5).
+pytestmark = pytest.mark.slow
+
 
 SLOT = {QUANTUM: 1}
 
@@ -42,7 +48,7 @@ def random_circuit(n: int, seed: int, depth: int = 8) -> cirq.Circuit:
 
 @pytest.fixture(scope="module")
 def qc():
-    with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1500MiB")) as cluster:
+    with dask.config.set(PATIENT), QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1500MiB")) as cluster:
         yield cluster
 
 

@@ -245,6 +245,12 @@ def test_buffered_results_count_as_hits_before_they_are_written():
 
 
 # -- shared by the cluster tests (test_fault.py, test_fault_recovery.py) -----------
+#: Restarting a killed worker takes 10-20 s on a loaded 2-core box; meanwhile Dask would fail
+#: tasks that have no worker (no-worker-timeout) and give up on the worker (lost-worker-timeout,
+#: 15 s: LocalCluster then closes its Nanny for good).
+PATIENT = {"qdask.scheduler.no-worker-timeout": "600s", "distributed.deploy.lost-worker-timeout": "600s"}
+
+
 def on_worker() -> bool:
     """Whether this code runs inside a task on a Dask worker."""
     from distributed import get_worker

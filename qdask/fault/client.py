@@ -81,7 +81,7 @@ class FaultTolerance:
 
     def resubmit(self, keys: list[str] | None = None) -> list[str]:
         """Run held work again (all of it by default); returns the keys released."""
-        return self._client.sync(self._client.scheduler.qdask_fault_resubmit, keys=keys)
+        return list(self._client.sync(self._client.scheduler.qdask_fault_resubmit, keys=keys))
 
     def cancel(self, keys: list[str]) -> None:
         """Drop held work: its futures are cancelled (``CancelledError``), as with ``Client.cancel``."""
