@@ -16,8 +16,13 @@ $(VENV)/.stamp-base: pyproject.toml | $(PY)
 	$(PIP) install -e .
 	touch $@
 
+# mitiq's releases all pin cirq-core<1.7, so it cannot be an ordinary extra;
+# its ZNE and readout mitigation work with cirq 1.7 (docs/hybrid.md).
+MITIQ := mitiq==1.1.0
+
 $(VENV)/.stamp-test: pyproject.toml | $(PY)
 	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps "$(MITIQ)"
 	touch $@ $(VENV)/.stamp-base
 
 demo: $(VENV)/.stamp-base
