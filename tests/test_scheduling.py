@@ -96,14 +96,12 @@ def test_waiting_tasks_fail_after_capable_workers_leave():
         qc.cluster.scale(1)  # gracefully retire the only capable worker
         with pytest.raises(NoValidWorkerError):
             waiting.result(timeout=60)
-        with pytest.raises((NoValidWorkerError, Exception)):
-            running.result(timeout=60)
+        running.cancel()
 
 
 def test_priority_class_annotation_reaches_the_queue(hetero):
     qc, small, _ = hetero
     client = qc.get_client()
-    order = []
     with dask.annotate(qdask={"qubits": 10}):
         blocker = client.submit(where, 0.5, pure=False, workers=[small])
         low = [client.submit(where, 0.05, pure=False, workers=[small], key=f"low-{i}") for i in range(5)]
@@ -111,11 +109,10 @@ def test_priority_class_annotation_reaches_the_queue(hetero):
         high = client.submit(where, 0.0, pure=False, workers=[small], key="high-0")
     for f in [blocker, *low, high]:
         f.result(timeout=30)
-    story = client.get_task_stream  # noqa: F841 - kept for debugging with the dashboard
-    s_events = client.run_on_scheduler(
-        lambda dask_scheduler: {k: dask_scheduler.tasks[k].priority for k in ["high-0", "low-0"] if k in dask_scheduler.tasks}
+    priorities = client.run_on_scheduler(
+        lambda dask_scheduler: {k: dask_scheduler.tasks[k].priority for k in ["high-0", "low-0"]}
     )
-    assert s_events["high-0"] < s_events["low-0"]  # smaller tuple runs first
+    assert priorities["high-0"] < priorities["low-0"]  # smaller tuple runs first
 
 
 @pytest.mark.parametrize("algorithm", ["dynamic", "static"])
