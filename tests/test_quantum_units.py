@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import cirq
@@ -12,7 +16,7 @@ import sympy
 from qdask.quantum import backends as bk
 from qdask.quantum.analysis import analyze
 from qdask.quantum.cost import CostModel
-from qdask.quantum.execute import pack_records, unpack_records
+from qdask.quantum.execute import dump_tasks, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority
 
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
@@ -111,6 +115,46 @@ def test_pack_unpack_roundtrip_is_compact():
     assert packed["m"][0].nbytes * 6 < rec["m"].nbytes
     back = unpack_records(packed)
     assert all(np.array_equal(back[k], rec[k]) for k in rec)
+
+
+MAIN_GATE = textwrap.dedent(
+    """
+    import sys
+    import cirq
+    from qdask.quantum.execute import dump_tasks
+
+    class Shifted(cirq.Gate):  # lives in __main__: no worker can import it
+        def _num_qubits_(self):
+            return 1
+        def _unitary_(self):
+            return cirq.unitary(cirq.X)
+
+    q = cirq.LineQubit(0)
+    sys.stdout.buffer.write(dump_tasks([cirq.Circuit(Shifted().on(q), cirq.measure(q, key="m"))]))
+    """
+)
+
+
+def test_dump_tasks_sends_classes_from_main_by_value():
+    # The fast standard pickler would refer to __main__.Shifted, which a worker cannot load.
+    blob = subprocess.run([sys.executable, "-c", MAIN_GATE], capture_output=True, check=True).stdout
+    (circuit,) = pickle.loads(blob)
+    np.testing.assert_allclose(cirq.unitary(circuit[:1]), cirq.unitary(cirq.X))
+
+
+def test_dump_tasks_falls_back_for_local_classes_and_keeps_module_ones_fast():
+    class Local(cirq.Gate):
+        def _num_qubits_(self):
+            return 1
+
+        def _unitary_(self):
+            return cirq.unitary(cirq.Z)
+
+    q = cirq.LineQubit(0)
+    local = cirq.Circuit(Local().on(q))
+    assert cirq.unitary(pickle.loads(dump_tasks([local]))[0]) == pytest.approx(cirq.unitary(cirq.Z))
+    plain = [cirq.Circuit(cirq.H(q), cirq.measure(q, key="m"))]
+    assert dump_tasks(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def test_backend_choice():

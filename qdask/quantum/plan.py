@@ -295,8 +295,9 @@ def target_chunk_seconds(jobs: list[Job], view: ClusterView) -> float:
     """Seconds of work per Dask task.
 
     ``qdask.quantum.chunk-duration`` when set; "auto" gives each slot about
-    four chunks (so stealing can even out estimation errors) while keeping
-    each chunk long enough that Dask's ~ms per-task overhead stays small.
+    ``qdask.quantum.chunks-per-slot`` chunks (so stealing can even out
+    estimation errors and the batch ends with short chunks) while keeping each
+    chunk long enough that Dask's ~ms per-task overhead stays small.
     """
     configured = config.get("quantum.chunk-duration")
     if configured != "auto":
@@ -304,7 +305,8 @@ def target_chunk_seconds(jobs: list[Job], view: ClusterView) -> float:
     total = sum(j.est_seconds for j in jobs)
     lo = config.parse_duration(config.get("quantum.min-chunk-duration"))
     hi = config.parse_duration(config.get("quantum.max-chunk-duration"))
-    return min(hi, max(lo, total / (4 * max(view.slots, 1))))
+    per_slot = int(config.get("quantum.chunks-per-slot"))
+    return min(hi, max(lo, total / (per_slot * max(view.slots, 1))))
 
 
 def make_chunks(
