@@ -101,7 +101,8 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster
         worker = ["worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--memory-limit", "1GiB",
                   "--no-dashboard", "--local-directory", str(tmp / "scratch")]
         procs.start("quantum-0", [*worker, "--name", "quantum-0", "--preload", "qdask.plugins.worker"])
-        procs.start("quantum-1", [*worker, "--name", "quantum-1", "--preload", "qdask.plugins.worker"])
+        procs.start("quantum-1", [*worker, "--name", "quantum-1", "--preload", "qdask.plugins.worker",
+                                  "--qdask-noise", "{gate_error: 0.01, readout_error: 0.02}"])
         procs.start("classical", [*worker, "--name", "classical", "--no-nanny",
                                   "--preload", str(REPO / "plugins" / "qdask_worker.py"), "--qdask-role", "classical"])
         with Client(address, set_as_default=False) as c:
@@ -146,10 +147,22 @@ def test_attach_sees_every_workers_capabilities(cli_cluster):
         assert row["memory_limit"] == 2**30
         assert row["max_qubits"] == 26  # 0.75 GiB of complex64 amplitudes
         assert row["resources"] == {QUANTUM: 1, STATEVECTOR_BYTES: int(0.75 * 2**30)}
+    # --qdask-noise: quantum-1 emulates a noisy device, quantum-0 is noiseless.
+    assert (rows["quantum-1"]["error_rate"], rows["quantum-1"]["readout_error"]) == (0.01, 0.02)
+    assert (rows["quantum-0"]["error_rate"], rows["quantum-0"]["readout_error"]) == (0.0, 0.0)
     classical = rows["classical"]
     assert classical["role"] == "classical"
     assert classical["max_qubits"] == 0
     assert classical["resources"] == {}
+
+
+def test_a_bad_noise_option_stops_the_worker_with_a_clear_error(cli_cluster, tmp_path):
+    cmd = [str(BIN / "dask"), "worker", cli_cluster.address, "--host", "127.0.0.1",
+           "--no-dashboard", "--no-nanny", "--local-directory", str(tmp_path),
+           "--preload", "qdask.plugins.worker", "--qdask-noise", "{gate_error: 2}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert proc.returncode != 0
+    assert "--qdask-noise" in proc.stderr and "gate_error" in proc.stderr and "[0, 1]" in proc.stderr
 
 
 def test_a_batch_of_circuits_runs_on_the_quantum_workers_only(cli_cluster):
