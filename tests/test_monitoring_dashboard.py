@@ -133,7 +133,9 @@ def not_blank(png: bytes) -> bool:
 
 @pytest.fixture(scope="module")
 def hybrid():
-    with dask.config.set({"qdask.monitoring.sampling-interval": "100ms"}):
+    # The quantum worker emulates a noisy device (the config travels to the worker processes).
+    noise = {"gate_error": 0.01, "readout_error": 0.02}
+    with dask.config.set({"qdask.monitoring.sampling-interval": "100ms", "qdask.worker.noise": noise}):
         config = ClusterConfig(enable_monitoring=True, memory_per_node="1GiB")
         with QuantumCluster(config, hybrid=HybridConfig(classical_nodes=1, quantum_nodes=1)) as qc:
             yield qc
@@ -203,6 +205,16 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         page = await open_page(chromium, base_url(hybrid) + dashboard.ROUTE)
         rendered = await page.wait_js(f"(names => names.length == {len(FIGURES)} && names)({RENDERED_FIGURES})")
         assert set(rendered) == FIGURES
+        # The workers table: roles and the emulated device's error rates, rendered as a table.
+        roles = await page.wait_js(f"(r => r.length == 2 && r)({source('qdask-workers-source', 'role')})")
+        assert roles == ["classical", "quantum"]
+        assert await page.js(source("qdask-workers-source", "error_rate")) == ["-", 0.01]
+        assert await page.js(source("qdask-workers-source", "readout_error")) == ["-", 0.02]
+        table = await page.js(
+            "[...Bokeh.index.all_views()].filter(v => v.model.name == 'qdask-workers')"
+            ".map(v => v.shadow_el.textContent).join()"
+        )
+        assert "gate error" in table and "readout error" in table and "0.01" in table
         await asyncio.sleep(1.0)
         idle = await page.screenshot()
         assert not_blank(idle)

@@ -93,6 +93,23 @@ def qdask_doc(scheduler: Scheduler, extra: dict[str, Any], doc: Document) -> Non
     doc.theme = BOKEH_THEME
 
 
+#: (resources() field, column title) of the workers table.
+WORKER_COLUMNS = (
+    ("name", "worker"),
+    ("role", "role"),
+    ("slots", "quantum slots"),
+    ("max_qubits", "max qubits"),
+    ("gpus", "GPUs"),
+    ("error_rate", "gate error"),
+    ("readout_error", "readout error"),
+)
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: "-" where a value does not apply (error rates of classical workers)."""
+    return "-" if value is None else value
+
+
 class QdaskPage:
     """The figures of the page and their refresh (a Dask ``DashboardComponent``)."""
 
@@ -101,11 +118,13 @@ class QdaskPage:
         from bokeh.models import (
             BasicTicker,
             ColumnDataSource,
+            DataTable,
             Div,
             FactorRange,
             HoverTool,
             NumeralTickFormatter,
             Range1d,
+            TableColumn,
         )
         from bokeh.plotting import figure
 
@@ -159,6 +178,14 @@ class QdaskPage:
                                               ("in use", f"@{used}")]))
             self.capacity.append(fig)
 
+        # Roles and emulated-device error rates (HybridConfig, qdask.hybrid.noise): what
+        # role routing and noise-aware routing decide from.
+        self.workers_source = ColumnDataSource({k: [] for k, _ in WORKER_COLUMNS}, name="qdask-workers-source")
+        self.workers = DataTable(
+            source=self.workers_source, columns=[TableColumn(field=k, title=t) for k, t in WORKER_COLUMNS],
+            height=160, sizing_mode="stretch_width", index_position=None, name="qdask-workers",
+        )
+
         self.event_sources = {}
         self.event_figures = []
         for title, kinds, name in (
@@ -181,6 +208,7 @@ class QdaskPage:
             self.status,
             row(self.utilization, self.priority, sizing_mode="stretch_width"),
             row(*self.capacity, sizing_mode="stretch_width"),
+            self.workers,
             row(*self.event_figures, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
@@ -197,6 +225,7 @@ class QdaskPage:
             return
         self._update_utilization(monitor)
         self._update_capacity()
+        self._update_workers()
         by_priority = dict(monitor.tracker.by_priority) if monitor.tracking else {}
         self.priority_source.data = {"priority": list(by_priority), "ready": list(by_priority.values())}
         if by_priority:
@@ -229,6 +258,14 @@ class QdaskPage:
                 },
                 rollover=ROLLOVER,
             )
+
+    def _update_workers(self) -> None:
+        plugin = self.scheduler.extensions["qdask"]
+        rows = sorted(plugin.resources(), key=lambda r: (r["role"], r["name"]))
+        data = {k: [_cell(r.get(k)) for r in rows] for k, _ in WORKER_COLUMNS}
+        data["slots"] = [_cell(r["resources"].get("quantum", 0)) for r in rows]
+        if data != self.workers_source.data:
+            self.workers_source.data = data
 
     def _update_capacity(self) -> None:
         from qdask.monitoring.sampler import worker_resources

@@ -176,9 +176,13 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
             self.fault.heartbeat_lost(msg.get("workers", []))
 
     # -- handlers ----------------------------------------------------------------
-    def _resources_handler(self) -> list[dict[str, Any]]:
+    def resources(self) -> list[dict[str, Any]]:
+        """``QuantumCluster.resources()`` rows: each worker's capabilities, use and device error rates."""
         assert self.registry is not None and self.routing is not None
         return self.routing.annotate(self.registry.snapshot())
+
+    def _resources_handler(self) -> list[dict[str, Any]]:
+        return self.resources()
 
     async def _balancer_configure(self, config: dict[str, Any]) -> dict[str, Any]:
         assert self.balancer is not None
