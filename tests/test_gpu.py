@@ -22,12 +22,13 @@ from typing import Any
 import cirq
 import dask.config
 import numpy as np
+import psutil
 import pytest
 from _fakes import install_fake_nvml
 from distributed import LocalCluster
 
 import qdask
-from qdask import ClusterConfig, ConfigError, MultiGPUConfig, QuantumCluster
+from qdask import ClusterConfig, ConfigError, HybridConfig, MultiGPUConfig, QuantumCluster
 from qdask.deploy import cluster as cluster_module
 from qdask.deploy.gpu import CUDAOptions, cuda_options, select_gpus, start_cuda_cluster
 from qdask.quantum import backends
@@ -249,6 +250,28 @@ def test_gpu_with_address_or_hybrid_is_refused():
         QuantumCluster(gpu=MultiGPUConfig(num_gpus=1), address="tcp://127.0.0.1:1")
 
 
+def test_hybrid_gpu_per_node_without_enough_gpus_fails_before_any_worker_starts(monkeypatch):
+    _nvml(monkeypatch, 90)  # one GPU, two quantum workers asking for one each
+    children = len(psutil.Process().children(recursive=True))
+    hybrid = HybridConfig(classical_nodes=1, quantum_nodes=2, gpu_per_node=1)
+    with pytest.raises(ConfigError, match=r"HybridConfig.gpu_per_node.*at most 0 for 2 quantum worker.*0: H200"):
+        QuantumCluster(ClusterConfig(memory_per_node="1GiB"), hybrid=hybrid)
+    assert len(psutil.Process().children(recursive=True)) <= children
+
+
+def test_hybrid_gpu_per_node_gives_each_quantum_worker_its_own_gpus(monkeypatch):
+    # NVML faked in this process, where the GPUs are assigned: the four with the most
+    # free memory (GPU 3 has least), two per quantum worker in index order; the worker
+    # processes get them as CUDA_VISIBLE_DEVICES, the classical one none.
+    _nvml(monkeypatch, 10, 80, 90, 5, 70)
+    hybrid = HybridConfig(classical_nodes=1, quantum_nodes=2, gpu_per_node=2)
+    with QuantumCluster(ClusterConfig(memory_per_node="1GiB"), hybrid=hybrid) as qc:
+        roles = {r["worker"]: r["role"] for r in qc.resources()}
+        visible = qc.get_client().run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(visible[w] for w, role in roles.items() if role == "quantum") == ["0,1", "2,4"]
+    assert [visible[w] for w, role in roles.items() if role == "classical"] == [None]
+
+
 class _CPULocalCUDACluster(LocalCluster):
     """dask-cuda's ``LocalCUDACluster`` as far as qdask relies on it, with CPU workers.
 
@@ -381,6 +404,16 @@ def test_choose_leaves_circuits_a_gpu_cannot_hold_on_the_cpu(monkeypatch):
 
 
 # -- on a GPU (scripts/gpu_check.sh) ----------------------------------------------
+@pytest.mark.gpu
+@needs_gpu
+def test_hybrid_quantum_worker_gets_a_gpu_of_its_own():
+    hybrid = HybridConfig(classical_nodes=1, quantum_nodes=1, gpu_per_node=1)
+    with QuantumCluster(ClusterConfig(memory_per_node="8GiB"), hybrid=hybrid) as qc:
+        rows = {r["role"]: r for r in qc.resources()}
+    assert rows["quantum"]["gpus"] == 1 and rows["quantum"]["resources"][GPU] == 1
+    assert GPU not in rows["classical"]["resources"]
+
+
 @pytest.mark.gpu
 @needs_gpu
 def test_local_cuda_cluster_over_ucx_moves_cupy_arrays():

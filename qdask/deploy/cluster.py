@@ -14,6 +14,7 @@ from distributed.security import Security
 
 from qdask.config import (
     ClusterConfig,
+    ConfigError,
     ElasticConfig,
     FaultToleranceConfig,
     HybridConfig,
@@ -32,6 +33,7 @@ from qdask.monitoring.results import AnalysisResult, DetailedMetrics, ErrorStati
 from qdask.table import Table
 from qdask.scheduler import balancer
 from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
+from qdask.worker.discovery import detect_gpus
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ class QuantumCluster:
         if gpu is not None and (hybrid is not None or address is not None):
             raise ValueError(
                 "QuantumCluster(gpu=...) starts its own GPU workers and takes neither hybrid= nor "
-                "address=. Fix: drop one; to add GPU workers to a running scheduler use "
+                "address=. Fix: drop one; for classical and quantum groups with GPUs use "
+                "HybridConfig(gpu_per_node=N); to add GPU workers to a running scheduler use "
                 "qdask.deploy.gpu.cuda_options(config, gpu).worker_command(address)."
             )
         self.cluster: LocalCluster | None = None
@@ -173,13 +176,21 @@ class QuantumCluster:
             plugins=spec.worker_plugins("quantum"),
         )
         kwargs.update(cluster_kwargs)
+        devices = self._gpu_devices(lay, inproc)
+        if devices:
+            kwargs["n_workers"] = 0  # quantum workers added below, each with its own GPUs
         cluster = LocalCluster(**kwargs)
         try:
-            if lay.classical:
-                template = cluster.new_spec
-                for i in range(lay.classical):
-                    options = {**template["options"], "plugins": spec.worker_plugins("classical")}
-                    cluster.worker_spec[f"classical-{i}"] = {"cls": template["cls"], "options": options}
+            template = cluster.new_spec
+            for i, visible in enumerate(devices):
+                # The Nanny starts the worker process with this environment: discovery
+                # (NVML) and CUDA then see only this worker's GPUs.
+                options = {**template["options"], "env": {"CUDA_VISIBLE_DEVICES": visible}}
+                cluster.worker_spec[f"quantum-{i}"] = {"cls": template["cls"], "options": options}
+            for i in range(lay.classical):
+                options = {**template["options"], "plugins": spec.worker_plugins("classical")}
+                cluster.worker_spec[f"classical-{i}"] = {"cls": template["cls"], "options": options}
+            if devices or lay.classical:
                 cluster.scale(len(cluster.worker_spec))
             with Client(cluster, set_as_default=False) as c:
                 c.wait_for_workers(lay.total, timeout=120)
@@ -187,6 +198,19 @@ class QuantumCluster:
             cluster.close()
             raise
         return cluster
+
+    @staticmethod
+    def _gpu_devices(lay: spec.Layout, inproc: bool) -> list[str]:
+        """``CUDA_VISIBLE_DEVICES`` per quantum worker for ``HybridConfig(gpu_per_node=N)``; [] without GPUs."""
+        if not lay.gpu_per_node:
+            return []
+        if inproc:
+            raise ConfigError(
+                "HybridConfig", "gpu_per_node", lay.gpu_per_node,
+                "0 with protocol 'inproc' (threads of one process cannot see different GPUs)",
+                "use protocol 'tcp' (the default), or HybridConfig(gpu_per_node=0).",
+            )  # fmt: skip
+        return spec.gpu_assignment(lay, detect_gpus())
 
     @staticmethod
     def _ensure_plugins(client: Client) -> None:
