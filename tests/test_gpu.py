@@ -34,6 +34,8 @@ from qdask.deploy.gpu import CUDAOptions, cuda_options, select_gpus, start_cuda_
 from qdask.quantum import backends
 from qdask.quantum.analysis import analyze
 from qdask.quantum.backends import GPUUnavailableError, QSimBackend, QSimGPUBackend, RunOptions, choose
+from qdask.quantum.execute import run_task
+from qdask.quantum.plan import Task
 from qdask.scheduler.plugin import QuantumSchedulerPlugin
 from qdask.worker import discovery
 from qdask.worker.discovery import GPU, QUANTUM, GPUInfo, detect_gpus
@@ -365,6 +367,12 @@ def test_use_gpu_on_the_cpu_wheel_is_a_clear_error(monkeypatch):
     assert "GPU execution requested" in str(info.value)
 
 
+def _state_task(circuit: cirq.Circuit, backend: str = "qsim-gpu", index: int = 7) -> Task:
+    order = sorted(circuit.all_qubits())
+    return Task(index=index, start=0, circuit=circuit, resolver=cirq.ParamResolver(), work="state", backend=backend,
+                repetitions=1, seeds=np.array([1]), threads=1, extra={"qubit_order": order})
+
+
 @cpu_wheel_only
 @pytest.mark.parametrize("gpus", [(), (90,)], ids=["no-device", "cpu-wheel"])
 def test_qsim_gpu_falls_back_to_the_cpu_with_a_logged_reason(monkeypatch, caplog, gpus):
@@ -372,13 +380,40 @@ def test_qsim_gpu_falls_back_to_the_cpu_with_a_logged_reason(monkeypatch, caplog
     if gpus:  # pretend the build check passed: qsimcirq itself refuses use_gpu=True
         monkeypatch.setattr(discovery, "qsim_gpu_usable", lambda g: True)
     circuit = _random_circuit(6, 8)
+    with caplog.at_level(logging.WARNING, logger="qdask.quantum.execute"):
+        result = run_task(_state_task(circuit))
+    assert result.backend == "qsim"  # what ran it
     order = cirq.LineQubit.range(6)
-    with caplog.at_level(logging.WARNING, logger="qdask.quantum.backends"):
-        state = QSimGPUBackend().state(circuit, order, RunOptions())
-    np.testing.assert_allclose(state, QSimBackend().state(circuit, order, RunOptions()), atol=1e-6)
-    (record,) = [r for r in caplog.records if "qsim-gpu" in r.getMessage()]
-    assert "on the CPU" in record.getMessage()
+    np.testing.assert_allclose(result.payload, QSimBackend().state(circuit, order, RunOptions()), atol=1e-6)
+    (record,) = [r for r in caplog.records if "on the CPU" in r.getMessage()]
     assert ("GPU execution requested" if gpus else "NVML reports no GPU") in record.getMessage()
+
+
+def _run_on_a_full_gpu(task: Task) -> Any:
+    """In a worker process: NVML sees one GPU with 64 KiB free and qsim has a CUDA build."""
+    from _fakes import FakeNVML
+    from distributed import get_worker
+
+    sys.modules["pynvml"] = FakeNVML([("H200", 140 * GiB, 64 * 1024)])
+    discovery.qsim_gpu_usable = lambda gpus: True
+    return run_task(task, get_worker().address)
+
+
+def test_a_full_gpu_is_a_quantum_error_and_the_circuit_runs_on_the_cpu():
+    circuit = _random_circuit(16, 10)  # 512 KiB of amplitudes: more than the GPU has free
+    with QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB")) as qc:
+        errors: list[Any] = []
+        qc.on_quantum_error(errors.append)
+        result = qc.get_client().submit(_run_on_a_full_gpu, _state_task(circuit), pure=False).result()
+        deadline = time.monotonic() + 30
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert result.backend == "qsim"
+    order = cirq.LineQubit.range(16)
+    np.testing.assert_allclose(result.payload, QSimBackend().state(circuit, order, RunOptions()), atol=1e-6)
+    (error,) = errors
+    assert (error.cause, error.circuit, error.backend) == ("oom", 7, "qsim-gpu")
+    assert "16-qubit state vector needs 512.00 kiB" in error.detail
 
 
 def _width(num_qubits: int) -> Any:
@@ -449,12 +484,10 @@ def test_local_cuda_cluster_over_ucx_moves_cupy_arrays():
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.skipif(not _qsim_has_cuda(), reason="qsimcirq has no CUDA module: make qsim-gpu")
-def test_qsim_gpu_state_equals_cpu(caplog):
+def test_qsim_gpu_state_equals_cpu():
     circuit = _random_circuit(20, 20)
     order = cirq.LineQubit.range(20)
-    with caplog.at_level(logging.WARNING, logger="qdask.quantum.backends"):
-        gpu_state = QSimGPUBackend().state(circuit, order, RunOptions())
-    assert not caplog.records, "qsim-gpu fell back to the CPU"
+    gpu_state = QSimGPUBackend().state(circuit, order, RunOptions())  # raises GPUUnavailableError if it can't
     cpu_state = QSimBackend().state(circuit, order, RunOptions(threads=os.cpu_count() or 1))
     np.testing.assert_allclose(gpu_state, cpu_state, atol=1e-5)
 

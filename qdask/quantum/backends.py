@@ -445,7 +445,15 @@ def choose(info: CircuitInfo, work: str, allowed: list[str] | None = None) -> st
 
 
 class GPUUnavailableError(RuntimeError):
-    """qsim cannot run on a GPU in this process (no device, a CPU-only build, too little memory)."""
+    """qsim cannot run on a GPU in this process (no device, a CPU-only build, too little memory).
+
+    Raised before any GPU work starts; the worker reports it as a quantum
+    error and runs the circuit on the CPU (:func:`qdask.quantum.execute.run_task`).
+    """
+
+
+class GPUOutOfMemoryError(GPUUnavailableError, MemoryError):
+    """The state vector does not fit in the GPU's free memory (a quantum error of cause ``oom``)."""
 
 
 class QSimGPUBackend(QSimBackend):
@@ -455,7 +463,9 @@ class QSimGPUBackend(QSimBackend):
     reports a device: qsimcirq's CUDA module ends the process (``exit``) on
     any CUDA error, a missing device or a failed allocation included, so every
     run first checks the device and its free memory. When either check fails
-    the circuit runs on the CPU (``qsim``) and the reason is logged.
+    it raises :class:`GPUUnavailableError` (:class:`GPUOutOfMemoryError` for
+    memory) before touching the GPU; the worker then reports a quantum error
+    and runs the circuit on the CPU (``qsim``).
     """
 
     name = "qsim-gpu"
@@ -478,18 +488,28 @@ class QSimGPUBackend(QSimBackend):
 
     def gpu_problem(self, num_qubits: int) -> str | None:
         """Why a ``num_qubits``-wide state vector cannot be simulated on this process's GPU (None: it can)."""
+        try:
+            self.check_gpu(num_qubits)
+        except GPUUnavailableError as e:
+            return str(e)
+        return None
+
+    def check_gpu(self, num_qubits: int) -> None:
+        """Raise :class:`GPUUnavailableError` (or :class:`GPUOutOfMemoryError`) unless the GPU can run it."""
         from qdask.worker import discovery
 
         gpus = discovery.detect_gpus()
         if not gpus:
-            return "NVML reports no GPU in this process"
+            raise GPUUnavailableError("NVML reports no GPU in this process")
         if not discovery.qsim_gpu_usable(gpus):
-            return (
+            raise GPUUnavailableError(
                 f"qsimcirq {self.version()} has no CUDA module (PyPI wheels are CPU-only); "
                 "build one with `make qsim-gpu` (docs/gpu.md)"
             )
         # CUDA numbers the visible devices from 0 and qsim uses device 0.
-        return _gpu_memory_problem(num_qubits, gpus[0])
+        why = _gpu_memory_problem(num_qubits, gpus[0])
+        if why is not None:
+            raise GPUOutOfMemoryError(why)
 
     def _simulator(self, opts: RunOptions) -> Any:
         import qsimcirq
@@ -504,15 +524,8 @@ class QSimGPUBackend(QSimBackend):
             ) from e
 
     def _run(self, work: str, circuit: cirq.AbstractCircuit, *args: Any) -> Any:
-        num_qubits = len(circuit.all_qubits())
-        why = self.gpu_problem(num_qubits)
-        if why is None:
-            try:
-                return getattr(super(), work)(circuit, *args)
-            except GPUUnavailableError as e:  # raised before any GPU work started
-                why = str(e)
-        logger.warning("qsim-gpu: running the %d-qubit circuit on the CPU: %s", num_qubits, why)
-        return getattr(QSimBackend(), work)(circuit, *args)
+        self.check_gpu(len(circuit.all_qubits()))
+        return getattr(super(), work)(circuit, *args)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
         return self._run("sample", circuit, repetitions, opts)

@@ -71,8 +71,27 @@ def _nbytes(payload: Any) -> int:
     return 0
 
 
+def _compute(backend: Any, task: Task, circuit: cirq.AbstractCircuit, opts: bk.RunOptions) -> Any:
+    """The task's work on ``backend``: packed records, a state, expectation values or amplitudes."""
+    if task.work == "sample":
+        return pack_records(backend.sample(circuit, task.repetitions, opts))
+    if task.work == "state":
+        return backend.state(circuit, task.extra["qubit_order"], opts)
+    if task.work == "expectation":
+        return backend.expectation(circuit, task.extra["observables"], task.extra["qubit_order"], opts)
+    if task.work == "amplitudes":
+        return backend.amplitudes(circuit, task.extra["bitstrings"], task.extra["qubit_order"], opts)
+    raise ValueError(f"unknown work {task.work!r}")  # pragma: no cover - plan only produces the four kinds
+
+
 def run_task(task: Task, worker: str = "") -> TaskResult:
-    """Run one task on its backend (in this process)."""
+    """Run one task on its backend (in this process).
+
+    A GPU that cannot take the circuit (no device, no CUDA build, too little
+    free memory: checked before any GPU work) is a quantum error reported to
+    the fault-tolerance handlers; the circuit then runs on this worker's CPU,
+    and the result names the backend that ran it.
+    """
     backend = bk.get_backend(task.backend)
     opts = bk.RunOptions(
         seeds=task.seeds,
@@ -83,26 +102,19 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
     circuit = cirq.resolve_parameters(task.circuit, task.resolver) if task.resolver.param_dict else task.circuit
     t0 = time.perf_counter()
     try:
-        if task.work == "sample":
-            payload: Any = pack_records(backend.sample(circuit, task.repetitions, opts))  # type: ignore[attr-defined]
-        elif task.work == "state":
-            payload = backend.state(circuit, task.extra["qubit_order"], opts)  # type: ignore[attr-defined]
-        elif task.work == "expectation":
-            payload = backend.expectation(  # type: ignore[attr-defined]
-                circuit, task.extra["observables"], task.extra["qubit_order"], opts
-            )
-        elif task.work == "amplitudes":
-            payload = backend.amplitudes(  # type: ignore[attr-defined]
-                circuit, task.extra["bitstrings"], task.extra["qubit_order"], opts
-            )
-        else:  # pragma: no cover - plan only produces the four kinds
-            raise ValueError(f"unknown work {task.work!r}")
+        try:
+            payload = _compute(backend, task, circuit, opts)
+        except bk.GPUUnavailableError as e:
+            report_quantum_error(task.index, task.backend, e)
+            logger.warning("circuit %d: %s; running it on the CPU (qsim)", task.index, e)
+            backend = bk.get_backend(bk.QSimBackend.name)
+            payload = _compute(backend, task, circuit, opts)
     except Exception as e:
-        report_quantum_error(task.index, task.backend, e)  # to the scheduler's failure handlers
-        raise QuantumTaskError(f"circuit {task.index} failed on backend {task.backend!r}: {type(e).__name__}: {e}") from e
+        report_quantum_error(task.index, backend.name, e)  # to the scheduler's failure handlers
+        raise QuantumTaskError(f"circuit {task.index} failed on backend {backend.name!r}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
-    logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, task.backend, seconds)
-    return TaskResult(task.index, task.start, task.backend, seconds, worker, payload, _nbytes(payload))
+    logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, backend.name, seconds)
+    return TaskResult(task.index, task.start, backend.name, seconds, worker, payload, _nbytes(payload))
 
 
 @contextlib.contextmanager
