@@ -44,7 +44,7 @@ from qdask import config
 from qdask.quantum.backends import QSIMH
 from qdask.quantum.cost import PARALLEL_MIN_QUBITS
 from qdask.quantum.validate import CircuitTooWideError, UnresolvedParametersError, UnsupportedGateError
-from qdask.worker.discovery import BYTES_PER_AMPLITUDE
+from qdask.worker.discovery import ANNOTATION, BYTES_PER_AMPLITUDE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -417,7 +417,7 @@ def submit_paths(
         # tasks, so placement, monitoring and duration learning treat them alike.
         chunk = Chunk([], per_prefix * int(b - a), cut.memory, max(cut.sizes))
         annotation = {**chunk.annotation(priority), "backend": QSIMH, "circuits": int(i == 0)}
-        with dask.annotate(qdask=annotation):
+        with dask.annotate(**{ANNOTATION: annotation}):
             futures.append(
                 client.submit(
                     path_amplitudes,

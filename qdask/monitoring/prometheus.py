@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.http.prometheus import PrometheusCollector
 
 from qdask.monitoring.events import KINDS
+from qdask.monitoring.worker import METRIC
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -120,7 +121,7 @@ class QdaskCollector(PrometheusCollector):
                 busy += res["quantum_busy"]
                 for name, key, _ in _PER_WORKER:
                     gauges[name].add_metric([sched, addr], res[key])
-                q = ws.metrics.get("qdask") or {}
+                q = ws.metrics.get(METRIC) or {}
                 if "latency" in q:
                     latency.add_metric([sched, addr], q["latency"])
                 if "sent_bytes" in q:

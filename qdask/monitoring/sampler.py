@@ -32,7 +32,7 @@ from qdask.monitoring import aggregate, analysis, prometheus
 from qdask.monitoring.events import EventStore
 from qdask.monitoring.tracing import ChromeTrace
 from qdask.monitoring.worker import METRIC
-from qdask.worker.discovery import GPU, QUANTUM, STATEVECTOR_BYTES
+from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: Name of the periodic callback and of the tracker plugin.
 NAME = "qdask-monitor"
-#: Task annotation that marks circuit tasks (the contract with the quantum layer).
-ANNOTATION = "qdask"
 #: Scheduler states of a task that can run now (on a worker, queued, or lacking a worker).
 READY = frozenset({"queued", "no-worker", "processing"})
 

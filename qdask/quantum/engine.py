@@ -36,6 +36,7 @@ from qdask.quantum.plan import (
     resolve_priority,
     target_chunk_seconds,
 )
+from qdask.worker.discovery import ANNOTATION
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class Engine:
 
     def _submit_chunk(self, chunk: Chunk, blob: bytes, work: str, priority: int) -> Future:
         key = f"qdask_{work}_{chunk.cost_class}-{uuid.uuid4().hex}"
-        with dask.annotate(qdask=chunk.annotation(priority)):
+        with dask.annotate(**{ANNOTATION: chunk.annotation(priority)}):
             return self.client.submit(
                 run_chunk,
                 blob,

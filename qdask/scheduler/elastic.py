@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.core import Status
 
 from qdask.monitoring.events import EventStore
-from qdask.worker.discovery import QUANTUM
+from qdask.worker.discovery import ANNOTATION, QUANTUM
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
@@ -42,7 +42,7 @@ KINDS = ("scale_up", "scale_down")
 
 def circuit_seconds(ts: TaskState) -> float:
     """The cost model's estimate of a circuit task; 0 for any other task (or an estimate of 0)."""
-    meta = (ts.annotations or {}).get("qdask")
+    meta = (ts.annotations or {}).get(ANNOTATION)
     if isinstance(meta, dict) and meta.get("kind") == "circuit":
         return float(meta.get("est_seconds", 0.0))
     return 0.0

@@ -20,6 +20,7 @@ from qdask.scheduler.balancer import LoadBalancer
 from qdask.scheduler.elastic import ElasticSupport
 from qdask.scheduler.placement import Placement
 from qdask.scheduler.registry import ResourceRegistry
+from qdask.worker.discovery import ANNOTATION
 from qdask.worker.plugin import CAPABILITIES_TOPIC
 
 if TYPE_CHECKING:
@@ -145,11 +146,11 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
         self, scheduler: Scheduler, *, tasks: list[Any], annotations: dict[str, dict[Any, Any]], **kwargs: Any
     ) -> None:
         if self.placement is not None:
-            self.placement.update_graph(annotations.get("qdask", {}), tasks)
+            self.placement.update_graph(annotations.get(ANNOTATION, {}), tasks)
         if self.fault is not None:
             self.fault.update_graph(annotations.get(FAULT_ANNOTATION, {}))
         if self.routing is not None:  # after placement: it reads the resource restrictions set there
-            self.routing.update_graph(annotations.get("qdask", {}), tasks)
+            self.routing.update_graph(annotations.get(ANNOTATION, {}), tasks)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if self.registry is None or not isinstance(msg, dict):

@@ -35,6 +35,11 @@ QUANTUM = "quantum"
 STATEVECTOR_BYTES = "statevector_bytes"
 GPU = "gpu"
 
+#: Key of the task annotation that carries a circuit task's requirements and cost
+#: (``dask.annotate(qdask={...})``): read by placement, balancing, elastic scaling
+#: and monitoring on the scheduler.
+ANNOTATION = "qdask"
+
 #: Bytes per amplitude of qsim's complex64 state vector.
 BYTES_PER_AMPLITUDE = 8
 
