@@ -115,6 +115,13 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster
         procs.stop()
 
 
+def test_the_scheduler_preload_does_not_import_the_simulators():
+    # A scheduler runs no circuit: importing cirq/qsim there costs seconds of CPU at every start.
+    code = "import sys, qdask.plugins.scheduler; print(sorted(m for m in ('cirq', 'qsimcirq', 'stim') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_preloads_install_qdask_at_start(cli_cluster):
     # Plain Dask clients: QuantumCluster would register missing plugins itself
     # and hide a preload that did nothing. (Lambdas travel by value; the

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 import cirq
 import numpy as np
 
+# The scheduler side defines the topic: it must not import cirq (this module's base class).
+from qdask.hybrid.routing import TOPIC
+
 if TYPE_CHECKING:
     from distributed import Client, Worker
 
 #: Worker attribute holding the device's :class:`DeviceNoise`.
 ATTRIBUTE = "qdask_noise"
-#: Event topic (and startup-information key) that tells the scheduler a device's noise.
-TOPIC = "qdask-noise"
 
 
 class DeviceNoise(cirq.NoiseModel):

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from qdask import config
 from qdask.hybrid.levels import OptimizationPolicy
-from qdask.hybrid.noise import TOPIC as NOISE_TOPIC
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState
@@ -42,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 #: Value of the ``route`` key of a circuit task's ``qdask`` annotation.
 LOWEST_ERROR = "lowest-error"
+#: Event topic (and startup-information key) that tells the scheduler a device's noise
+#: (sent by :mod:`qdask.hybrid.noise` on the workers).
+TOPIC = "qdask-noise"
 
 #: Task states after which a restriction no longer matters. Not "memory": a
 #: result lost with its worker is recomputed under the same restrictions.
@@ -83,7 +85,7 @@ class HybridRouting:
     def add_worker(self, address: str) -> None:
         ws = self.scheduler.workers.get(address)
         if ws is not None:
-            self.noise[address] = ws.extra.get(NOISE_TOPIC)
+            self.noise[address] = ws.extra.get(TOPIC)
 
     def set_noise(self, address: str, noise: dict[str, float] | None) -> None:
         if address in self.scheduler.workers:

@@ -14,7 +14,7 @@ from qdask.config import LoadBalancerConfig
 from qdask.fault.events import ANNOTATION as FAULT_ANNOTATION
 from qdask.fault.events import WORKER_TOPIC as QUANTUM_ERRORS_TOPIC
 from qdask.fault.scheduler import FaultManager
-from qdask.hybrid.noise import TOPIC as NOISE_TOPIC
+from qdask.hybrid.routing import TOPIC as NOISE_TOPIC
 from qdask.hybrid.routing import HybridRouting
 from qdask.scheduler.balancer import LoadBalancer
 from qdask.scheduler.elastic import ElasticSupport

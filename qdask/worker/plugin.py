@@ -10,8 +10,6 @@ from distributed.core import Status
 
 from qdask.monitoring.worker import METRIC, WorkerMetrics
 from qdask import config
-from qdask.hybrid import noise as device
-from qdask.hybrid.noise import DeviceNoise
 from qdask.worker.discovery import Capabilities, discover
 
 if TYPE_CHECKING:
@@ -56,6 +54,8 @@ class QuantumWorkerPlugin(WorkerPlugin):
                 "Fix: QuantumWorkerPlugin(role='quantum')."
             )
         self.role = role
+        from qdask.hybrid.noise import DeviceNoise  # here: the scheduler preload imports this module, not cirq
+
         DeviceNoise.coerce(noise)  # validates; a plain dict travels to the worker
         self.noise = noise
 
@@ -82,7 +82,9 @@ class QuantumWorkerPlugin(WorkerPlugin):
                 await worker.set_resources(**resources)
             worker.log_event(CAPABILITIES_TOPIC, {"capabilities": caps.to_dict()})
         if self.role == "quantum":
-            noise = DeviceNoise.coerce(self.noise if self.noise is not None else config.get("worker.noise"))
+            from qdask.hybrid import noise as device
+
+            noise = device.DeviceNoise.coerce(self.noise if self.noise is not None else config.get("worker.noise"))
             if noise is not None:
                 device.install(worker, noise)
         logger.info(
