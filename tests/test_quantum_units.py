@@ -9,6 +9,7 @@ import textwrap
 import warnings
 
 import cirq
+import dask
 import numpy as np
 import pytest
 import sympy
@@ -17,7 +18,7 @@ from qdask.quantum import backends as bk
 from qdask.quantum.analysis import analyze
 from qdask.quantum.cost import CostModel
 from qdask.quantum.execute import dump_tasks, pack_records, unpack_records
-from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority
+from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority, target_chunk_seconds
 
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
 VIEW = ClusterView(slots=2, max_statevector_bytes=2**30, backends=frozenset(bk.backend_names()), cost=COST, big_threads=1)
@@ -89,6 +90,20 @@ def test_small_jobs_are_packed_and_big_ones_run_alone_longest_first():
     ann = chunks[0].annotation(priority=10)
     assert ann["kind"] == "circuit" and ann["qubits"] == 22 and ann["priority"] == 10 and ann["est_seconds"] > 0
     assert chunks[0].cost_class != small_chunks[-1].cost_class
+
+
+def test_chunks_per_slot_and_short_chunks_for_low_priority_backlogs():
+    circuits = [_random(12, depth=20, seed=i) for i in range(400)]
+    jobs = build_jobs(circuits, [None] * 400, [100] * 400, work="sample", simulator="qsim", view=VIEW, seeds=SeedSource(1))
+    total = sum(j.est_seconds for j in jobs)
+    with dask.config.set({"qdask.quantum.max-chunk-duration": "1h", "qdask.quantum.chunks-per-slot": 8}):
+        normal = target_chunk_seconds(jobs, VIEW)
+        assert normal == pytest.approx(total / (8 * VIEW.slots))
+        assert len(make_chunks(jobs, VIEW, normal)) == pytest.approx(16, abs=1)
+        # Below normal priority: min-chunk-duration, so urgent work overtakes it quickly.
+        low = target_chunk_seconds(jobs, VIEW, priority=resolve_priority("low"))
+    assert low == 0.05 < normal
+    assert len(make_chunks(jobs, VIEW, low)) == pytest.approx(total / low, abs=2) and total / low > 32
 
 
 def test_per_repetition_jobs_split_into_seeded_blocks():

@@ -52,6 +52,7 @@ class Submission:
     chunks: list[Chunk]
     futures: list[Future]
     circuit_bytes: int = 0  # serialized chunks sent to the workers
+    priority: int = 0  # the Dask priority of its tasks
     submitted: float = field(default_factory=time.perf_counter)
     # Fault tolerance (enable_fault_tolerance): checkpoints and poison circuits; None when off.
     guard: BatchGuard | None = None
@@ -182,9 +183,9 @@ class Engine:
             # Schrödinger-Feynman jobs are spread over prefix paths, not chunked.
             paths = [j for j in todo if j.backend == QSIMH and policy.split_paths]
             todo = [j for j in todo if not (j.backend == QSIMH and policy.split_paths)]
-            chunks = make_chunks(todo, view, target_chunk_seconds(todo, view), policy)
-        prio = self.priority if priority is None else resolve_priority(priority)
-        sub = Submission(jobs, chunks, [], guard=guard)
+            prio = self.priority if priority is None else resolve_priority(priority)
+            chunks = make_chunks(todo, view, target_chunk_seconds(todo, view, prio), policy)
+        sub = Submission(jobs, chunks, [], guard=guard, priority=prio)
         # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).
         with dask.annotate(**(guard.annotations if guard is not None else {})):
             for chunk in chunks:

@@ -291,13 +291,18 @@ def _backend_for(
     return simulator
 
 
-def target_chunk_seconds(jobs: list[Job], view: ClusterView) -> float:
+def target_chunk_seconds(jobs: list[Job], view: ClusterView, priority: int = 0) -> float:
     """Seconds of work per Dask task.
 
     ``qdask.quantum.chunk-duration`` when set; "auto" gives each slot about
     ``qdask.quantum.chunks-per-slot`` chunks (so stealing can even out
     estimation errors and the batch ends with short chunks) while keeping each
     chunk long enough that Dask's ~ms per-task overhead stays small.
+
+    Work below normal ``priority`` is a backlog that later, more urgent work
+    must overtake: a worker only switches between tasks, so its chunks are
+    ``min-chunk-duration`` long and a higher-priority circuit waits at most
+    about that long for a slot (at the price of more, shorter tasks).
     """
     configured = config.get("quantum.chunk-duration")
     if configured != "auto":
@@ -305,6 +310,8 @@ def target_chunk_seconds(jobs: list[Job], view: ClusterView) -> float:
     total = sum(j.est_seconds for j in jobs)
     lo = config.parse_duration(config.get("quantum.min-chunk-duration"))
     hi = config.parse_duration(config.get("quantum.max-chunk-duration"))
+    if priority < 0:
+        return lo
     per_slot = int(config.get("quantum.chunks-per-slot"))
     return min(hi, max(lo, total / (per_slot * max(view.slots, 1))))
 

@@ -108,8 +108,10 @@ class Sampler(cirq.Sampler):
         """
         sub = self.engine.submit([circuit], [params], [repetitions], work="sample", simulator=simulator, priority=priority)
         single = len(sub.jobs) == 1
+        # The assembly step has the circuits' priority: an urgent result must not wait behind a backlog.
         return self.client.submit(
-            _assemble_sweep, sub.jobs, single, *sub.futures, key=f"qdask-result-{sub.futures[0].key}", pure=False
+            _assemble_sweep, sub.jobs, single, *sub.futures, key=f"qdask-result-{sub.futures[0].key}",
+            priority=sub.priority, pure=False,
         )
 
     def _submit(
