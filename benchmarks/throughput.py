@@ -132,12 +132,12 @@ def main() -> None:
               f"{r['qdask'] / r['bound']:8.2f} {r['aggressive']:7.2f} {r['aggressive'] / r['bound']:8.2f} "
               f"{r['plain']:8.2f} {r['plain'] / r['bound']:8.2f} {r['plain'] / r['qdask']:8.2f} {r['tasks']:6d} "
               f"{r['bytes/circ']:7.0f} {r['capacity']:8.2f}")
+        if "qdask+mon" in r:
+            print(f"     monitoring at 100 ms: {r['qdask+mon']:.2f} s, overhead {100 * (r['qdask+mon'] / r['qdask'] - 1):+.1f}%")
     print("qdask: default optimization level (basic, seeded samples equal serial qsim); aggr: optimization_level="
           "'aggressive' (qsim gate fusion 3 from 16 qubits). B/circ: circuit + result bytes per circuit. capacity: "
           f"speed-up of {args.workers} concurrent serial qsim runs over one on this machine now ({args.workers} = ideal; "
           "below it, the bound is out of reach for any scheduler).")
-        if "qdask+mon" in r:
-            print(f"     monitoring at 100 ms: {r['qdask+mon']:.2f} s, overhead {100 * (r['qdask+mon'] / r['qdask'] - 1):+.1f}%")
 
 
 if __name__ == "__main__":
