@@ -153,6 +153,22 @@ def test_submit_returns_a_future_that_composes(client):
     assert result == ref
 
 
+def test_submit_of_a_sweep_gives_one_result_per_point_in_one_or_several_tasks(client):
+    q = cirq.LineQubit.range(4)
+    t = sympy.Symbol("t")
+    circuit = cirq.Circuit(cirq.rx(t).on_each(*q), cirq.CZ(q[0], q[1]), cirq.measure(*q, key="m"))
+    sweep = cirq.Linspace(t, 0, 1, 3)
+    ref = qsimcirq.QSimSimulator(seed=5).run_sweep(circuit, sweep, repetitions=50)
+    # One chunk: its task assembles the results; one point per chunk: a second task does.
+    for chunk, assembly_task in (("auto", False), ("1us", True)):
+        with dask.config.set({"qdask.quantum.chunk-duration": chunk}):
+            future = qdask.Sampler(client, seed=5).submit(circuit, sweep, repetitions=50)
+        assert future.key.startswith("qdask-result-") is assembly_task
+        results = future.result()
+        assert [r.params for r in results] == [r.params for r in ref]
+        assert results == list(ref), chunk
+
+
 def test_async_twins(client):
     sampler = qdask.Sampler(client, seed=4, simulator="qsim")
     c = _random(5, seed=2)

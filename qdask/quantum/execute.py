@@ -11,7 +11,7 @@ import gc
 import logging
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,11 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
     seconds = time.perf_counter() - t0
     logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, backend.name, seconds)
     return TaskResult(task.index, task.start, backend.name, seconds, worker, payload, _nbytes(payload))
+
+
+def run_chunk_then(finish: Callable[..., Any], jobs: list[Any], blob: bytes) -> Any:
+    """The Dask task of a one-chunk batch whose caller post-processes on the worker (``Engine.submit(finish=...)``)."""
+    return finish(jobs, run_chunk(blob))
 
 
 @contextlib.contextmanager

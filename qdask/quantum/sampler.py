@@ -106,11 +106,15 @@ class Sampler(cirq.Sampler):
         ``cirq.Result``), or a list of them for a sweep of several points, so
         it can feed classical tasks: ``client.submit(postprocess, future)``.
         """
-        sub = self.engine.submit([circuit], [params], [repetitions], work="sample", simulator=simulator, priority=priority)
-        single = len(sub.jobs) == 1
+        sub = self.engine.submit(
+            [circuit], [params], [repetitions], work="sample", simulator=simulator, priority=priority,
+            finish=_assemble_sweep,
+        )
+        if sub.finished:  # one task ran the circuits and assembled the result
+            return sub.futures[0]
         # The assembly step has the circuits' priority: an urgent result must not wait behind a backlog.
         return self.client.submit(
-            _assemble_sweep, sub.jobs, single, *sub.futures, key=f"qdask-result-{sub.futures[0].key}",
+            _assemble_sweep, sub.jobs, *sub.futures, key=f"qdask-result-{sub.futures[0].key}",
             priority=sub.priority, pure=False,
         )
 
@@ -140,11 +144,11 @@ def _by_program(sub: Submission, by_index: dict[int, list[TaskResult]], n_progra
     return out
 
 
-def _assemble_sweep(jobs: list[Any], single: bool, *chunk_results: list[TaskResult]) -> Any:
-    """Runs as a Dask task: the results of one ``Sampler.submit`` call."""
+def _assemble_sweep(jobs: list[Any], *chunk_results: list[TaskResult]) -> Any:
+    """Runs on a worker: the result of one ``Sampler.submit`` call (a list for a sweep of several points)."""
     by_index: dict[int, list[TaskResult]] = {}
     for results in chunk_results:
         for r in results:
             by_index.setdefault(r.index, []).append(r)
     out = [sample_result(job, sorted(by_index[job.index], key=lambda r: r.start)) for job in jobs]
-    return out[0] if single else out
+    return out[0] if len(jobs) == 1 else out
