@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import time
@@ -30,12 +29,6 @@ from qdask.fault.checkpoint import decode
 from qdask.quantum.execute import QuantumTaskError
 from qdask.quantum.sampler import _by_program
 from qdask.worker.discovery import QUANTUM
-
-# Moved to `make test-all` by the lead at the end of the session: these chaos
-# tests were still being finished and did not pass reliably in the bounded suite
-# (see the session's closing note for issue 5).
-pytestmark = pytest.mark.slow
-
 
 SLOT = {QUANTUM: 1}
 
@@ -235,7 +228,7 @@ def test_dead_workers_task_runs_before_older_queued_work(qc, client, events, tmp
     wait_for(lambda: os.path.exists(marker))
     kill_worker(client, a)
     failure = wait_for(lambda: of(events, NodeFailure, worker=a))[0]
-    assert failure.keys == (x.key,) and failure.recovery.rescheduled == (x.key,)
+    assert failure.keys == (x.key,) and failure.recovery.rescheduled == failure.recovery.interrupted == (x.key,)
     s = qc.cluster.scheduler
     wait_for(lambda: (ws := s.tasks[x.key].processing_on) is not None and ws.address == b)
     Event(gate, client=client).set()
@@ -260,10 +253,13 @@ def test_manual_mode_holds_work_until_resubmitted_or_cancelled(qc, client, event
                               pure=False)
         second = client.submit(stamp, workers=[a], resources=SLOT, pure=False)  # waits on a behind first
         wait_for(lambda: os.path.exists(marker))
+        # The scheduler learns what runs where from heartbeats.
+        wait_for(lambda: s.tasks[first.key] in s.workers[a].executing)
         kill_worker(client, a)
         failure = wait_for(lambda: of(events, NodeFailure, worker=a))[0]
         assert failure.recovery.mode == "manual"
         assert set(failure.recovery.held) == {first.key, second.key}
+        assert failure.recovery.interrupted == (first.key,)  # second only waited for a slot there
         wait_for(lambda: all(state(qc, f.key) == "no-worker" for f in (first, second)))
         time.sleep(5.0)
         assert all(s.tasks[f.key].state == "no-worker" for f in (first, second))
@@ -274,7 +270,7 @@ def test_manual_mode_holds_work_until_resubmitted_or_cancelled(qc, client, event
         wait_for(lambda: second.status == "cancelled")
         wait_for(lambda: ft.held() == [])
         recovery = wait_for(lambda: of(events, RecoveryEvent, worker=a))[0]
-        assert set(recovery.keys) == set(failure.recovery.held)
+        assert recovery.keys == (first.key,)
     finally:
         client.run_on_scheduler(set_no_workers_timeout, timeout)
         ft.stop()
@@ -323,6 +319,8 @@ def test_replicated_results_survive_a_worker_death_without_recomputation(qc, cli
         assert failure.recovery.lost_results == () and runs == 0
     else:  # the control: without replicas the victim's results are computed again
         assert failure.recovery.lost_results and runs == len(failure.recovery.lost_results)
+    print(f"\nreplication_factor={factor}: worker killed after the batch, {len(failure.recovery.lost_results)} "
+          f"results lost, {runs} tasks recomputed")
 
 
 # -- checkpoints ------------------------------------------------------------------
@@ -351,3 +349,26 @@ def test_five_corrupt_checkpoints_are_detected_and_recomputed(qc, client, tmp_pa
     assert [g[0] for g in again] == [g[0] for g in first] == [r[0] for r in ref]
     for path in damaged:  # rewritten with the recomputed result
         decode(path.stem, path.read_bytes(), 0)
+
+
+# -- settings ---------------------------------------------------------------------
+def test_enable_reconfigures_and_stop_restores_dask_defaults(qc, client, tmp_path):
+    s = qc.cluster.scheduler
+    amm = s.extensions["amm"]
+
+    def policies():
+        return sorted(type(p).__name__ for p in amm.policies)
+
+    dask_policies, allowed = policies(), s.allowed_failures
+    with dask.config.set({"temporary-directory": str(tmp_path)}):
+        ft = qc.enable_fault_tolerance(FaultToleranceConfig(replication_factor=3, max_failures=5))
+    assert ft.config.checkpoint_url == str(tmp_path / "qdask-checkpoints")  # the default location
+    assert s.allowed_failures == 4
+    assert "ReduceReplicas" not in policies() and {"KeepReplicas", "ReplicateResults"} <= set(policies())
+    again = qc.enable_fault_tolerance(FaultToleranceConfig(max_failures=2, checkpoint_url=str(tmp_path / "b")))
+    assert again.active and not ft.active
+    assert s.allowed_failures == 1 and policies() == dask_policies
+    qdask.Sampler(client, seed=1, simulator="qsim").run_batch([random_circuit(4, 1)], repetitions=5)
+    assert len(list((tmp_path / "b").rglob("*.npz"))) == 1  # the new store is the one in use
+    again.stop()
+    assert s.allowed_failures == allowed and policies() == dask_policies and not again.active

@@ -60,15 +60,16 @@ def jobs_for(programs, sweeps=None, reps=10, seed=1, work="sample", simulator="q
 
 def sample_result(index=0, start=0, reps=5, seed=0) -> TaskResult:
     rng = np.random.default_rng(seed)
-    records = {"m": rng.integers(0, 2, (reps, 1, 9)).astype(np.int8), "k": rng.integers(0, 2, (reps, 1, 2)).astype(np.int8)}
+    records = {"m": rng.integers(0, 2, (reps, 1, 9)).astype(np.int8),
+               "k": rng.integers(0, 2, (reps, 1, 2)).astype(np.int8)}
     payload = pack_records(records)
     return TaskResult(index, start, "qsim", 0.01, "tcp://127.0.0.1:1", payload, 42)
 
 
 # -- events -------------------------------------------------------------------------
 def test_every_event_survives_the_topic_round_trip():
-    plan = RecoveryPlan(mode="manual", rescheduled=("a",), held=("a", "b"), lost_results=("b",), isolated=("a",),
-                        failed=("c",))
+    plan = RecoveryPlan(mode="manual", rescheduled=("a", "d"), interrupted=("a",), held=("a", "b", "d"),
+                        lost_results=("b",), isolated=("a",), failed=("c",))
     sent = [
         NodeFailure("tcp://127.0.0.1:1", 1.5, "died", ("a", "c"), "handle-worker-cleanup-1", recovery=plan),
         NetworkError("tcp://127.0.0.1:2", 2.0, "transfer-failed", ("x",), "no route", peers=("tcp://127.0.0.1:3",)),

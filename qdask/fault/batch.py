@@ -12,7 +12,11 @@ builds a :class:`BatchGuard` for each submission:
   has its circuits resubmitted one task each, with one failure counted; a
   single circuit that reached ``max_failures`` (``KilledWorker``) is recorded,
   and once everything else finished the batch fails with
-  :class:`~qdask.fault.events.PoisonCircuitError` naming it.
+  :class:`~qdask.fault.events.PoisonCircuitError` naming it;
+* once the client has a chunk's result, the chunk's future is released: while a
+  future is held Dask recomputes its result when the only worker holding it
+  dies, although the client already has it (under churn that was most of the
+  work each death cost).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from distributed.scheduler import KilledWorker
 
 from qdask.fault.checkpoint import content_keys
 from qdask.fault.events import ANNOTATION, ChunkIsolatedError, PoisonCircuitError
-from qdask.quantum.execute import TaskResult, dump_tasks
+from qdask.quantum.execute import TaskResult, dump_tasks, run_chunk
 from qdask.quantum.plan import Chunk, Job
 
 if TYPE_CHECKING:
@@ -90,6 +94,7 @@ class BatchGuard:
         self.annotations = {ANNOTATION: {"isolatable": True}}
         self._received: dict[int, list[TaskResult]] = defaultdict(list)
         self._resubmitted: list[Future] = []  # held so Dask keeps them until collected
+        self._isolated: set[Any] = set()  # keys of chunks handed back for isolation
         self.poisoned: dict[int, str] = {}
 
     def attach(self, sub: Submission, priority: int) -> None:
@@ -137,6 +142,7 @@ class BatchGuard:
 
     def _isolate(self, key: Any, ac: as_completed) -> None:
         chunk = self._chunks[key]
+        self._isolated.add(key)
         logger.info("rerunning the %d circuits of %s one task each after its worker died", len(chunk.tasks), key)
         for task in chunk.tasks:
             job = self.jobs[task.index]
@@ -145,13 +151,18 @@ class BatchGuard:
             )
             # One death is already behind each circuit: it counts toward max_failures.
             with dask.annotate(**{ANNOTATION: {"failures": 1, "origin": key, "isolatable": False}}):
-                fut = self.engine._submit_chunk(single, dump_tasks([task]), self.work, self.priority)
+                fut = self.engine._submit_chunk(run_chunk, single, dump_tasks([task]), self.work, self.priority)
             self._chunks[fut.key] = single
             self._resubmitted.append(fut)
             ac.add(fut)
 
     def record(self, fut: Future, results: list[TaskResult]) -> None:
-        """Buffer each circuit whose blocks have all arrived for the checkpoint store."""
+        """Buffer each circuit whose blocks have all arrived for the checkpoint store; release ``fut``."""
+        # The results are here (and soon in the store): the cluster's copy is no longer needed.
+        # An isolated chunk stays until the batch ends: the scheduler times its recovery
+        # by its single-circuit tasks, and would take its release for a cancellation.
+        if fut.key not in self._isolated:
+            fut.release()
         if fut.key in self._restore_keys:
             return
         for r in results:
@@ -169,4 +180,5 @@ class BatchGuard:
         self._resubmitted.clear()
         if self.poisoned:
             attempts = self.ft.config.max_failures
-            raise PoisonCircuitError(self.poisoned, attempts, {i: r for i, r in by_index.items() if i not in self.poisoned})
+            done = {i: r for i, r in by_index.items() if i not in self.poisoned}
+            raise PoisonCircuitError(self.poisoned, attempts, done)

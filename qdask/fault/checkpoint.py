@@ -264,7 +264,10 @@ class CheckpointStore:
         self.fs.makedirs(self.root, exist_ok=True)
         self.stats: Counter[str] = Counter()
         self._buffer: dict[str, list[TaskResult]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer
+        # One flush at a time: a flush returns once everything put before it is written,
+        # including what a concurrent background flush had taken.
+        self._flushing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if interval is not None:
@@ -312,6 +315,10 @@ class CheckpointStore:
 
     def flush(self) -> int:
         """Write every buffered result (atomically, one file each); returns how many were written."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             pending, self._buffer = self._buffer, {}
         written = 0

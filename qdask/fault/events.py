@@ -76,7 +76,11 @@ class RecoveryPlan:
     mode : {"automatic", "manual"}
         ``automatic`` rescheduled the work ahead of new work; ``manual`` holds it.
     rescheduled : tuple of str
-        Tasks that were running on the worker and run again elsewhere.
+        Tasks that were assigned to the worker (running or waiting for a slot there)
+        and run elsewhere.
+    interrupted : tuple of str
+        The rescheduled tasks that were running (their progress was lost); the
+        recovery time waits for them and for ``lost_results``.
     held : tuple of str
         Tasks held until ``FaultTolerance.resubmit`` or ``cancel`` (manual mode).
     lost_results : tuple of str
@@ -89,6 +93,7 @@ class RecoveryPlan:
 
     mode: str = "automatic"
     rescheduled: tuple[str, ...] = ()
+    interrupted: tuple[str, ...] = ()
     held: tuple[str, ...] = ()
     lost_results: tuple[str, ...] = ()
     isolated: tuple[str, ...] = ()
@@ -166,10 +171,12 @@ class QuantumError(FailureEvent):
 
 @dataclass(frozen=True)
 class RecoveryEvent(FailureEvent):
-    """Every task affected by a worker's death runs again.
+    """The work a worker's death interrupted computes again.
 
-    ``duration`` is seconds from detection to the start of the last affected
-    task on a live worker; ``cause`` is the failure's cause.
+    ``duration`` is seconds from detection to the compute start, on a live
+    worker, of the last of the interrupted tasks and lost results
+    (``NodeFailure.recovery.interrupted`` and ``lost_results``); ``cause`` is the
+    failure's cause.
     """
 
     kind: ClassVar[str] = "recovery"
@@ -191,7 +198,8 @@ def from_message(msg: dict[str, Any]) -> FailureEvent:
         if name in kwargs:
             kwargs[name] = tuple(kwargs[name])
     if "recovery" in kwargs:
-        kwargs["recovery"] = RecoveryPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["recovery"].items()})
+        plan = kwargs["recovery"]
+        kwargs["recovery"] = RecoveryPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.items()})
     return cls(**kwargs)
 
 

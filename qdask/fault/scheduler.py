@@ -22,19 +22,36 @@ counted in the plugin's :class:`~qdask.monitoring.events.EventStore`):
 * **quantum error** -- a circuit task reports its backend's exception (the
   ``qdask-quantum-errors`` event of :func:`qdask.fault.worker.report_quantum_error`).
 
+Failure counts: Dask counts a worker's death against every task assigned to
+it (``TaskState.suspicious``), including those only waiting there for a slot
+(restricted tasks are all assigned at once), and fails the task with
+``KilledWorker`` in the same step, before any plugin hears of the death; so
+under churn innocent tasks would reach ``allowed-failures``. Chunks submitted
+with fault tolerance (their ``qdask_fault`` annotation) therefore carry a
+credit: until a chunk reports its start (``qdask_fault_started``, before its
+first circuit) its ``suspicious`` is one less than its real failures, so the
+death of a worker it only waited on brings it to its real count, and Dask's
+check is exact for both kinds; the credit is renewed after each death.
+
 Redistribution (Dask's levers, before ``remove_worker`` transitions the tasks):
 the dead worker's tasks get the front of their priority class (the
 graph-generation element of ``TaskState.priority`` set to -1, so they run
 before any newer work of the same user priority); in manual mode they get an
 extra resource restriction no worker has, so they wait in ``no-worker`` until
-``qdask_fault_resubmit``. Chunks of several circuits are marked for isolation
-(their retry raises :class:`~qdask.fault.events.ChunkIsolatedError`, and the
-client reruns their circuits one task each with one failure already counted).
+``qdask_fault_resubmit``. Chunks of several circuits that were running there
+are marked for isolation (their retry raises
+:class:`~qdask.fault.events.ChunkIsolatedError`, and the client reruns their
+circuits one task each with one failure already counted); those that only
+waited there stay whole.
 
-Recovery time: from detection to the compute start (reported with the result,
-on the scheduler's clock) of the last affected task on a live worker; tracked
-by :class:`RecoveryTracker`, a transition hook installed only while a recovery
-is open.
+Recovery time: from detection to the moment the lost work computes again on a
+live worker -- the tasks that were *running* on the dead worker (by its last
+heartbeat) and the finished results lost with it that are still needed; the
+tasks merely queued there are reassigned at once and lost nothing. A task
+"computes again" at the compute start reported with its result (on the
+scheduler's clock); an isolated chunk, when the first of its single-circuit
+tasks does. Tracked by :class:`RecoveryTracker`, a transition hook installed
+only while a recovery is open.
 """
 
 from __future__ import annotations
@@ -55,7 +72,6 @@ from qdask.config import FaultToleranceConfig
 from qdask.fault.events import (
     ANNOTATION,
     TOPIC,
-    WORKER_TOPIC,
     FailureEvent,
     NetworkError,
     NodeFailure,
@@ -107,10 +123,17 @@ class RecoveryTracker(SchedulerPlugin):
         self.manager = manager
 
     def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if key not in self.manager.waiting_on:
-            return
         m = self.manager
-        if start == "processing" and finish in ("memory", "erred"):
+        if key not in m.waiting_on and key not in m.origin_of:
+            return
+        ran = start == "processing" and finish in ("memory", "erred")
+        if ran or finish == "forgotten":
+            origin = m.origin_of.pop(key, None)
+            if origin is not None and ran:
+                m.resolve(origin, m.compute_start(kwargs))  # the isolated chunk's work computes again
+        if key not in m.waiting_on:
+            return
+        if ran:
             if finish == "erred" and m.isolated(key):
                 return  # the isolation retry stopped at once; its single-circuit tasks replace it
             m.resolve(key, m.compute_start(kwargs))
@@ -184,7 +207,11 @@ class FaultManager:
         # { id: open recovery } and { key: ids of the recoveries waiting for it }
         self.recoveries: dict[int, _Recovery] = {}
         self.waiting_on: dict[Hashable, set[int]] = {}
+        # { single-circuit task: the isolated chunk (still waited for) it reruns a circuit of }
+        self.origin_of: dict[Hashable, Hashable] = {}
         self._ids = itertools.count()
+        # { worker: keys of fault-tolerant tasks that reported their start there (their credit spent) }
+        self._started: dict[str, set[Hashable]] = {}
         # Workers the worker-ttl check gave up on, until their removal arrives.
         self._timed_out: set[str] = set()
         self.tracker = RecoveryTracker(self)
@@ -207,6 +234,7 @@ class FaultManager:
             "qdask_fault_disable": self.disable,
             "qdask_fault_status": self.status,
             "qdask_fault_resubmit": self.resubmit,
+            "qdask_fault_started": self.started,
         }
 
     def close(self) -> None:
@@ -234,12 +262,12 @@ class FaultManager:
     def enable(self, config: dict[str, Any]) -> dict[str, Any]:
         """Apply a :class:`FaultToleranceConfig` (as a dict); idempotent. Returns the applied config."""
         cfg = FaultToleranceConfig(**config)
+        self._set_replication(cfg.replication_factor)  # first: it may refuse (no AMM)
         if self.config is not None and self.config.recovery_mode == "manual" and cfg.recovery_mode == "automatic":
             self.resubmit()
         self.config = cfg
         # Dask fails a task when more than allowed-failures workers died running it.
         self.scheduler.allowed_failures = cfg.max_failures - 1
-        self._set_replication(cfg.replication_factor)
         return cfg.to_dict()
 
     def disable(self) -> dict[str, Any]:
@@ -268,9 +296,15 @@ class FaultManager:
     # -- node failures -------------------------------------------------------------
     def remove_worker(self, msg: dict[str, Any]) -> None:
         """The ``remove-worker`` event: runs before Dask transitions the worker's tasks."""
-        if msg.get("expected"):
-            return  # retired or scaled down: Dask moves its work without counting a failure
         s = self.scheduler
+        started = self._started.pop(msg["worker"], set())
+        if msg.get("expected"):
+            # Retired or scaled down: Dask moves its work without counting a failure;
+            # the chunks that had started there wait again, with their credit back.
+            for key in started & set(msg.get("processing-tasks", ())):
+                if (ts := s.tasks.get(key)) is not None:
+                    ts.suspicious -= 1
+            return
         now = time.time()
         stimulus = str(msg.get("stimulus_id", ""))
         timed_out = msg["worker"] in self._timed_out or stimulus.startswith("check-worker-ttl")
@@ -278,7 +312,6 @@ class FaultManager:
         cause = "heartbeat-lost" if timed_out else "died"
         rescheduled: list[TaskState] = []
         failed: list[str] = []
-        isolated: list[str] = []
         for key in msg.get("processing-tasks", ()):
             ts = s.tasks.get(key)
             if ts is None:
@@ -287,16 +320,23 @@ class FaultManager:
                 failed.append(str(key))
                 continue
             rescheduled.append(ts)
-            if self._isolate(ts):
-                isolated.append(str(key))
+        interrupted, unreported = self._interrupted(rescheduled, started)
+        # Only a chunk that was running can be what killed the worker; those that waited stay whole.
+        isolated = [str(ts.key) for ts in interrupted if self._isolate(ts)]
         lost = [ts for key in msg.get("lost-computed-tasks", ()) if (ts := s.tasks.get(key)) is not None]
         affected = rescheduled + lost
         for ts in affected:
             if ts.priority:
                 ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
         held = [self._hold(ts) for ts in affected] if self.mode == "manual" else []
-        if affected:
-            self._open_recovery(msg["worker"], cause, now, affected)
+        for ts in rescheduled:
+            if ANNOTATION in (ts.annotations or {}) and ts not in unreported:
+                # Dask's +1 made the count exact (see the module docstring); renew the
+                # credit for the next assignment. A chunk seen running only by the
+                # heartbeat (its report failed) had none left: its +1 is its failure.
+                ts.suspicious -= 1
+        if interrupted or lost:
+            self._open_recovery(msg["worker"], cause, now, interrupted + lost)
         self._publish(
             NodeFailure(
                 worker=msg["worker"],
@@ -307,6 +347,7 @@ class FaultManager:
                 recovery=RecoveryPlan(
                     mode=self.mode,
                     rescheduled=tuple(str(ts.key) for ts in rescheduled),
+                    interrupted=tuple(str(ts.key) for ts in interrupted),
                     held=tuple(held),
                     lost_results=tuple(str(ts.key) for ts in lost),
                     isolated=tuple(isolated),
@@ -315,6 +356,44 @@ class FaultManager:
             ),
             record=False,  # the plugin counts node failures with the registry
         )
+
+    def started(self, key: Hashable, worker: str) -> None:
+        """``qdask_fault_started``: a fault-tolerant chunk task starts computing on ``worker``.
+
+        Spends the task's credit (see the module docstring), once per assignment.
+        """
+        ts, ws = self.scheduler.tasks.get(key), self.scheduler.workers.get(worker)
+        if ts is None or ws is None or ts.processing_on is not ws or ANNOTATION not in (ts.annotations or {}):
+            return  # stale: moved, released or its worker removed meanwhile
+        # Keep only what may still run there (at most a few keys: one per thread).
+        tasks = self.scheduler.tasks
+        keys = {k for k in self._started.get(worker, ()) if (t := tasks.get(k)) is not None and t.processing_on is ws}
+        if key not in keys:
+            ts.suspicious += 1
+        self._started[worker] = keys | {key}
+
+    @staticmethod
+    def _interrupted(
+        tasks: list[TaskState], started: set[Hashable]
+    ) -> tuple[list[TaskState], set[TaskState]]:
+        """Which of a dead worker's tasks were running there (the others only waited for a slot).
+
+        Fault-tolerant chunks reported their start (``started``); otherwise the
+        worker's last heartbeat tells (``WorkerState.executing``), and if it told
+        nothing about the other tasks they all count, rather than miss one.
+        Returns the running tasks and, among them, the fault-tolerant chunks
+        only the heartbeat saw running (their start report failed).
+        """
+        if not tasks:
+            return [], set()
+        ws = tasks[0].processing_on
+        executing = {ts for ts in tasks if ws is not None and ts in ws.executing}
+        reporting = [ts for ts in tasks if ANNOTATION in (ts.annotations or {})]
+        others = [ts for ts in tasks if ANNOTATION not in (ts.annotations or {})]
+        unreported = {ts for ts in reporting if ts.key not in started and ts in executing}
+        running = [ts for ts in reporting if ts.key in started or ts in unreported]
+        running += [ts for ts in others if ts in executing] or (others if not executing else [])
+        return running, unreported
 
     def heartbeat_lost(self, workers: list[str]) -> None:
         """The scheduler's ``worker-ttl-timed-out`` event: these workers stopped answering."""
@@ -429,6 +508,7 @@ class FaultManager:
             if not rec.waiting:
                 self._close_recovery(rid)
         if not self.recoveries:
+            self.origin_of.clear()
             self._set_tracking(False)
 
     def _close_recovery(self, rid: int) -> None:
@@ -439,13 +519,10 @@ class FaultManager:
         self._publish(RecoveryEvent(rec.worker, time.time(), rec.cause, tuple(rec.keys), duration=duration))
 
     def _replace(self, origin: Hashable, keys: list[Hashable]) -> None:
-        """Single-circuit tasks ``keys`` took over the isolated chunk ``origin``'s recoveries."""
-        for rid in self.waiting_on.get(origin, ()):
-            self.recoveries[rid].waiting.update(keys)
-            for key in keys:
-                self.waiting_on.setdefault(key, set()).add(rid)
+        """Single-circuit tasks ``keys`` rerun the circuits of the isolated chunk ``origin``."""
         if origin in self.waiting_on:
-            self.resolve(origin, None)
+            for key in keys:
+                self.origin_of[key] = origin
 
     # -- graph updates -------------------------------------------------------------
     def update_graph(self, annotations: dict[Any, dict[str, Any]]) -> None:
@@ -457,11 +534,12 @@ class FaultManager:
             if ts is None or not isinstance(meta, dict):
                 continue
             failures = int(meta.get("failures", 0))
-            if failures:
-                # The deaths the chunk already caused count toward max_failures.
-                ts.suspicious = max(ts.suspicious, failures)
-                if ts.priority:
-                    ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
+            # The deaths the chunk already caused count toward max_failures, less the
+            # credit of a chunk that has not started (see the module docstring). Dask
+            # passes annotations only for the tasks new in a graph: once per task.
+            ts.suspicious = failures - 1
+            if failures and ts.priority:
+                ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
             if meta.get("origin") is not None:
                 replacing.setdefault(meta["origin"], []).append(key)
         for origin, keys in replacing.items():
@@ -488,7 +566,8 @@ class FaultManager:
             peers |= holders
         if keys:
             detail = f"{worker} could not fetch {len(keys)} key(s) from {sorted(peers)}, which hold them"
-            self._publish(NetworkError(worker, time.time(), "transfer-failed", tuple(keys), detail, tuple(sorted(peers))))
+            event = NetworkError(worker, time.time(), "transfer-failed", tuple(keys), detail, tuple(sorted(peers)))
+            self._publish(event)
 
     def _remember(self, item: tuple[str, Hashable], limit: int = 10_000) -> None:
         self._reported.add(item)

@@ -19,7 +19,7 @@ import cirq
 import cloudpickle
 import numpy as np
 
-from qdask.fault.worker import raise_if_isolated, report_quantum_error
+from qdask.fault.worker import begin_chunk, report_quantum_error
 from qdask.quantum import backends as bk
 from qdask.quantum.plan import Task
 
@@ -170,5 +170,5 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
         worker = ""
     with paused_gc():
         tasks: list[Task] = pickle.loads(blob)
-        raise_if_isolated(len(tasks))  # a retry after this chunk's worker died (qdask.fault)
+        begin_chunk(len(tasks))  # fault tolerance: isolation of a retry, start report (qdask.fault)
         return [run_task(t, worker) for t in tasks]
