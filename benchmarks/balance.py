@@ -2,7 +2,7 @@
 
 Scenarios (issue 4), 2 workers x 1 thread on 127.0.0.1:
 
-(a) mixed-width circuits (10-20 qubits) arriving in three bursts;
+(a) mixed-width circuits (14-22 qubits) arriving in three bursts;
 (b) one worker running at half speed (it shares its core with a busy process);
 (c) a second worker added a quarter of the way through;
 (d) priority latency: 500 low-priority circuits queued, then 20 "high" ones, one at a time;
@@ -100,7 +100,7 @@ def warm(client: Client) -> None:
 
 
 def scenario_a() -> dict:
-    cs = circuits(90, (10, 20), 16, seed=1)
+    cs = circuits(90, (14, 22), 16, seed=1)
     bound = sum(serial_times(cs)) / 2
     bursts = [cs[:30], cs[30:60], cs[60:]]
     with qdask_cluster(2) as qc:
@@ -131,7 +131,7 @@ class HalfSpeed:
 def scenario_b() -> dict:
     if len(os.sched_getaffinity(0)) < 2:
         return {"name": "(b) half speed", "skipped": "needs 2 cores"}
-    cs = circuits(60, (12, 19), 16, seed=2)
+    cs = circuits(60, (16, 21), 16, seed=2)
     bound = sum(serial_times(cs)) / 1.5
     out = {"name": "(b) half speed", "bound": bound}
     for label, make, runner in (("qdask", qdask_cluster, run_qdask), ("plain", plain_cluster, run_plain)):
@@ -149,7 +149,7 @@ def scenario_b() -> dict:
 
 
 def scenario_c() -> dict:
-    cs = circuits(60, (12, 19), 16, seed=3)
+    cs = circuits(60, (16, 21), 16, seed=3)
     total = sum(serial_times(cs))
     join_at = total / 4
     bound = join_at + (total - join_at) / 2
