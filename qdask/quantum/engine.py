@@ -11,8 +11,8 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import cirq
