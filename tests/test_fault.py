@@ -220,7 +220,7 @@ def test_crash_and_resume_recomputes_only_what_was_not_saved(qc3, tmp_path):
     assert stats["hits"] == durable and stats.get("corrupt", 0) == 0
     assert stats["written"] == n - durable
     print(f"\ncrash and resume: {n} circuits, {durable} checkpointed before the SIGKILL, "
-          f"{stats['hits']} loaded, {n - stats['hits']} recomputed (in flight at the crash)")
+          f"{stats['hits']} loaded, {n - stats['hits']} run after the resume (not saved: in flight or not yet started)")
 
 
 def _pgid(pid: int) -> int | None:
