@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ import cirq
 import dask
 import pytest
 import qsimcirq
+from _polling import wait_for
 from distributed import Event, WorkerPlugin, wait
 
 import qdask
@@ -45,14 +45,6 @@ class ExecutionLog(WorkerPlugin):
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         if finish == "executing":
             self.worker.log_event(EXECUTIONS, {"key": str(key), "worker": self.worker.address})
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 # -- pure logic ----------------------------------------------------------------------
@@ -114,7 +106,7 @@ def test_scheduler_sizes_by_estimated_seconds(qc):
             futures.append(client.submit(_hold, release.name, key=f"held-circuit-{i}", pure=False))
     futures.append(client.submit(_hold, release.name, key="held-classical", pure=False))
     try:
-        wait_until(lambda: client.run_on_scheduler(_unfinished) == len(futures), 30, "the held tasks")
+        wait_for(lambda: client.run_on_scheduler(_unfinished) == len(futures), 30, what="the held tasks")
         info = client.sync(client.scheduler.qdask_elastic_target, target_duration=1.0)
         assert info["work"] == pytest.approx(6.2) and info["tasks"] == 22
         assert info["desired"] == 7  # 6.2 s / 1 s; 22 tasks would have asked for far more
@@ -140,7 +132,7 @@ def test_attached_cluster_needs_its_manager(qc):
         es = attached.enable_elastic_scaling(ElasticConfig(min_nodes=1, max_nodes=1), cluster=qc.cluster)
         try:
             assert qc.cluster._adaptive is es.adaptive and es.config.max_nodes == 1
-            wait_until(lambda: es.running, 30, "the adaptive loop to start")
+            wait_for(lambda: es.running, 30, what="the adaptive loop to start")
         finally:
             es.stop()
         assert not es.running
@@ -155,7 +147,7 @@ def test_dask_jobqueue_manager_is_accepted_with_one_process_per_job():
     with jobqueue.SLURMCluster(processes=1, **options) as cluster:
         es = enable(cluster, ElasticConfig(min_nodes=0, max_nodes=2), interval="100ms")
         try:
-            wait_until(lambda: es.running, 30, "the adaptive loop to start")
+            wait_for(lambda: es.running, 30, what="the adaptive loop to start")
             assert isinstance(cluster._adaptive, ElasticAdaptive)
             assert es.events() == []
         finally:
@@ -192,19 +184,19 @@ def burst(qc: QuantumCluster) -> Burst:
     # so the burst outlasts both steps however slowly workers start on a loaded box.
     gate = Event("qdask-test-gate", client=client)
     held = client.submit(_hold, gate.name, resources={QUANTUM: 1}, key="held-long-job", pure=False)
-    wait_until(lambda: any(m["key"] == held.key for m in executed()), 60, "the long job to start")
+    wait_for(lambda: any(m["key"] == held.key for m in executed()), 60, what="the long job to start")
     es = qc.enable_elastic_scaling(config, interval="200ms", wait_count=2)
     try:
         sampler = qdask.Sampler(client, seed=SEED, simulator="qsim")
         futures = [sampler.submit(c, repetitions=REPETITIONS) for c in CIRCUITS]
         try:
-            wait_until(lambda: any(e.to_nodes == 4 for e in es.events(since)), 240, "the step to 4 nodes")
+            wait_for(lambda: any(e.to_nodes == 4 for e in es.events(since)), 240, what="the step to 4 nodes")
         finally:
             gate.set()
         wait([held, *futures], timeout=300)
         # The results stay on the workers (held by `futures`) while idle workers retire.
-        wait_until(lambda: es.events(since)[-1].to_nodes == 1 and len(client.scheduler_info()["workers"]) == 1,
-                   180, "the cluster to return to min_nodes")
+        wait_for(lambda: es.events(since)[-1].to_nodes == 1 and len(client.scheduler_info()["workers"]) == 1,
+                 180, what="the cluster to return to min_nodes")
         results = client.gather(futures)
     finally:
         es.stop()

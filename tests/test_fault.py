@@ -24,7 +24,8 @@ import numpy as np
 import psutil
 import pytest
 import qsimcirq
-from test_fault_units import PATIENT, PoisonGate, wait_for
+from _polling import wait_for
+from test_fault_units import PATIENT, PoisonGate
 
 import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster

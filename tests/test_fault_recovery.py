@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import qsimcirq
 from distributed import Event, SchedulerPlugin, wait
-from test_fault_units import PATIENT, FailingGate, kill_worker, wait_for, worker_pids
+from _polling import wait_for
+from test_fault_units import PATIENT, FailingGate, kill_worker, worker_pids
 
 import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster

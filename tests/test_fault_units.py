@@ -11,12 +11,12 @@ import os
 import random
 import signal
 import threading
-import time
 
 import cirq
 import numpy as np
 import pytest
 import sympy
+from _polling import wait_for
 
 from qdask.fault.checkpoint import (
     CheckpointStore,
@@ -228,9 +228,7 @@ def test_background_flusher_writes_without_being_asked_and_stops_on_close():
     flusher = [t for t in threading.enumerate() if t.name == "qdask-checkpoint-flusher"]
     assert flusher
     store.put("aa" + "2" * 62, [sample_result()])
-    deadline = time.monotonic() + 30
-    while not store.keys() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(store.keys, timeout=30, what="a background flush")
     assert store.keys() == ["aa" + "2" * 62]
     store.put("bb" + "2" * 62, [sample_result()])
     store.close()  # flushes what is left
@@ -263,8 +261,8 @@ def on_worker() -> bool:
     return True
 
 
-class PoisonGate(cirq.Gate):
-    """An X gate that kills the worker process that simulates it (SIGKILL), nowhere else."""
+class _XUnlessOnWorker(cirq.Gate):
+    """An X gate whose unitary calls ``on_worker_hook`` when a worker simulates it."""
 
     def _num_qubits_(self):
         return 1
@@ -274,40 +272,33 @@ class PoisonGate(cirq.Gate):
 
     def _unitary_(self):
         if on_worker():
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.on_worker_hook()
         return np.array([[0, 1], [1, 0]], dtype=complex)
+
+    def on_worker_hook(self) -> None:
+        raise NotImplementedError
+
+
+class PoisonGate(_XUnlessOnWorker):
+    """An X gate that kills the worker process that simulates it (SIGKILL), nowhere else."""
+
+    def on_worker_hook(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def __repr__(self):
         return "PoisonGate()"
 
 
-class FailingGate(cirq.Gate):
+class FailingGate(_XUnlessOnWorker):
     """An X gate whose unitary raises ``error`` on workers (a backend failure), nowhere else."""
 
     def __init__(self, error: Exception):
         self.error = error
 
-    def _num_qubits_(self):
-        return 1
-
-    def _has_unitary_(self):
-        return True
-
-    def _unitary_(self):
-        if on_worker():
-            raise self.error
-        return np.array([[0, 1], [1, 0]], dtype=complex)
+    def on_worker_hook(self) -> None:
+        raise self.error
 
 
-def wait_for(predicate, timeout: float = 120.0, interval: float = 0.05):
-    """Poll ``predicate`` until it returns something true (generous: the test box is loaded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def worker_pids(client) -> dict[str, int]:

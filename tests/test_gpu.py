@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 import pytest
 from _fakes import install_fake_nvml
+from _polling import wait_for
 from distributed import LocalCluster
 
 import qdask
@@ -405,9 +406,7 @@ def test_a_full_gpu_is_a_quantum_error_and_the_circuit_runs_on_the_cpu():
         errors: list[Any] = []
         qc.on_quantum_error(errors.append)
         result = qc.get_client().submit(_run_on_a_full_gpu, _state_task(circuit), pure=False).result()
-        deadline = time.monotonic() + 30
-        while not errors and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: errors, timeout=30, what="the quantum-error event")
     assert result.backend == "qsim"
     order = cirq.LineQubit.range(16)
     np.testing.assert_allclose(result.payload, QSimBackend().state(circuit, order, RunOptions()), atol=1e-6)

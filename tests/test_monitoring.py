@@ -24,6 +24,7 @@ import dask
 import numpy as np
 import psutil
 import pytest
+import _polling as polling
 from distributed import LocalCluster, get_task_stream, get_worker
 from prometheus_client.parser import text_string_to_metric_families
 from test_monitoring_units import documented_fields
@@ -73,14 +74,8 @@ def payload(nbytes: int) -> np.ndarray:
     return worker._test_payload
 
 
-def wait_for(predicate, timeout=15.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+def wait_for(predicate, timeout=15.0):
+    return polling.wait_for(predicate, timeout)
 
 
 def settle(qc, n=2):
