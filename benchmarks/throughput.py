@@ -16,7 +16,6 @@ Usage: ``python benchmarks/throughput.py [--workers N] [--only a|b] [--monitorin
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import time
 
 import cirq
@@ -25,6 +24,7 @@ import qsimcirq
 from distributed import Client, LocalCluster
 
 import qdask
+from _machine import speedup
 from qdask import ClusterConfig, QuantumCluster
 
 
@@ -74,14 +74,8 @@ def qsim_capacity(circuits: list[cirq.Circuit], reps: int, processes: int) -> fl
     shares caches and memory bandwidth, and on a shared box other load takes
     cores, so this ratio (``processes`` when ideal) says what is attainable.
     """
-    one = serial(circuits, reps)
     # spawn: this process runs the cluster's threads, which fork does not copy safely.
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        pool.starmap(serial, [(circuits[:1], reps)] * processes)  # imports and first calls out of the timing
-        t0 = time.perf_counter()
-        pool.starmap(serial, [(circuits, reps)] * processes)
-        many = time.perf_counter() - t0
-    return processes * one / many
+    return speedup(serial, (circuits, reps), (circuits[:1], reps), processes, context="spawn")
 
 
 def qdask_run(
