@@ -123,6 +123,42 @@ def test_seed_source_matches_qsim_draws():
     assert list(a.draw(3)) == [b.randint(2**31 - 1) for _ in range(3)]
 
 
+def _qsim_records(circuit, repetitions, seed):
+    import qsimcirq
+
+    result = qsimcirq.QSimSimulator(seed=seed).run(circuit, repetitions=repetitions)
+    return {k: np.asarray(v, dtype=np.int8) for k, v in result.records.items()}
+
+
+def test_final_state_sampling_equals_qsimcirq_bit_for_bit():
+    """qdask's sampling path for terminal measurements gives QSimSimulator(seed).run's records exactly."""
+    grid = cirq.GridQubit.rect(2, 3)
+    body = cirq.testing.random_circuit(grid, n_moments=8, op_density=0.8, random_state=3)
+    line = cirq.LineQubit.range(5)
+    circuits = [
+        # invert masks, a key measured twice, qubits out of order, one moment with two keys
+        body + cirq.Moment([cirq.measure(grid[0], grid[4], key="a", invert_mask=(True,)), cirq.measure(grid[2], key="b")])
+        + cirq.measure(grid[3], grid[1], key="a"),
+        body + cirq.measure(*grid[::-1], key="m"),
+        # a qubit only measured; qubit 0 unused
+        cirq.Circuit(cirq.H.on_each(*line[1:4]), cirq.CZ(line[1], line[3]), cirq.measure(line[4], line[2], key="z")),
+        _random(12, depth=12, seed=5),
+    ]
+    for i, circuit in enumerate(circuits):
+        for seed in (1, 2**30 + 7):
+            drawn = SeedSource(seed).draw(1)
+            got = bk.QSimBackend().sample(circuit, 257, bk.RunOptions(seeds=drawn))
+            want = _qsim_records(circuit, 257, seed)
+            assert got.keys() == want.keys(), i
+            for key in want:
+                assert got[key].dtype == np.int8 and np.array_equal(got[key], want[key]), (i, key)
+    confused = cirq.Circuit(cirq.H(line[0]), cirq.measure(line[0], key="c", confusion_map={(0,): np.eye(2)}))
+    with pytest.raises(ValueError):  # refused as qsimcirq refuses it
+        _qsim_records(confused, 10, 1)
+    with pytest.raises(ValueError):
+        bk.QSimBackend().sample(confused, 10, bk.RunOptions(seeds=np.array([1])))
+
+
 def test_pack_unpack_roundtrip_is_compact():
     rng = np.random.default_rng(0)
     rec = {"m": rng.integers(0, 2, size=(1000, 1, 20)).astype(np.int8), "q": np.full((1000, 1, 1), 2, np.int8)}
