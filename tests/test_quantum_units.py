@@ -159,6 +159,39 @@ def test_final_state_sampling_equals_qsimcirq_bit_for_bit():
         bk.QSimBackend().sample(confused, 10, bk.RunOptions(seeds=np.array([1])))
 
 
+def test_qsim_translation_equals_qsimcirqs_state_for_state():
+    """Each gate kind, controlled, tagged and decomposed operations, empty moments: the same qsim circuit."""
+    import qsimcirq
+    from qsimcirq.qsim_circuit import QSimCircuit, qsim
+
+    from qdask.quantum.qsim_fast import translate
+
+    q = cirq.LineQubit.range(5)
+    ops = [
+        cirq.H.on_each(*q), cirq.X(q[0]) ** 0.3, cirq.Y(q[1]) ** 1, cirq.Z(q[2]) ** 0.25, cirq.S(q[3]), cirq.T(q[4]),
+        cirq.rx(0.7)(q[0]), cirq.ry(-1.1)(q[1]), cirq.rz(2.2)(q[2]), cirq.HPowGate(exponent=0.4)(q[3]),
+        cirq.CZ(q[0], q[1]) ** 0.6, cirq.CNOT(q[2], q[3]), cirq.CXPowGate(exponent=0.5, global_shift=-0.5)(q[4], q[0]),
+        cirq.PhasedXPowGate(phase_exponent=0.3, exponent=0.7)(q[1]), cirq.PhasedXZGate(x_exponent=0.2, z_exponent=0.4,
+        axis_phase_exponent=0.1)(q[2]), cirq.XX(q[0], q[1]) ** 0.3, cirq.YY(q[2], q[3]) ** 0.4, cirq.ZZ(q[3], q[4]) ** 0.5,
+        cirq.SWAP(q[0], q[4]) ** 0.5, cirq.ISWAP(q[1], q[2]) ** 0.3, cirq.PhasedISwapPowGate(phase_exponent=0.2)(q[3], q[4]),
+        cirq.FSimGate(theta=0.4, phi=0.9)(q[0], q[2]), cirq.TwoQubitDiagonalGate([0.1, 0.2, 0.3, 0.4])(q[1], q[3]),
+        cirq.ThreeQubitDiagonalGate([0.1 * k for k in range(8)])(q[0], q[1], q[2]), cirq.CCZ(q[0], q[1], q[2]) ** 0.5,
+        cirq.CCX(q[2], q[3], q[4]), cirq.CSWAP(q[0], q[1], q[2]), cirq.MatrixGate(cirq.testing.random_unitary(4, random_state=1))(q[3], q[4]),
+        cirq.X(q[1]).controlled_by(q[0]), cirq.ControlledGate(cirq.Y ** 0.5, num_controls=2)(q[2], q[3], q[4]),
+        cirq.Z(q[4]).with_tags("tagged"), cirq.qft(*q[:3]), cirq.QuantumFourierTransformGate(2)(q[3], q[4]),
+    ]
+    circuit = cirq.Circuit(ops)
+    circuit.insert(3, cirq.Moment())
+    for program in (circuit, cirq.Circuit(cirq.Moment())):
+        theirs, _ = QSimCircuit(program).translate_cirq_to_qsim(cirq.QubitOrder.DEFAULT)
+        ours = translate(QSimCircuit(program))
+        options = qsimcirq.QSimOptions().as_dict()
+        states = [qsim.qsim_simulate_fullstate({**options, "c": c, "s": 1}, 0) for c in (theirs, ours)]
+        assert states[0].size == 2 * 2 ** len(program.all_qubits()) and np.array_equal(states[0], states[1])
+    with pytest.raises(ValueError, match="numeric"):
+        translate(QSimCircuit(cirq.Circuit(cirq.X(q[0]) ** sympy.Symbol("t"))))
+
+
 def test_pack_unpack_roundtrip_is_compact():
     rng = np.random.default_rng(0)
     rec = {"m": rng.integers(0, 2, size=(1000, 1, 20)).astype(np.int8), "q": np.full((1000, 1, 1), 2, np.int8)}

@@ -149,54 +149,6 @@ def _qsim_settings(backend: type[QSimBackend], threads: int, max_fused_gate_size
     return sim._sim_module, dict(sim.qsim_options)
 
 
-def _sample_final_state(
-    settings: tuple[Any, dict[str, Any]], circuit: cirq.AbstractCircuit, repetitions: int, seed: int
-) -> dict[str, np.ndarray]:
-    """``QSimSimulator(seed).run`` of a noiseless circuit measured only at the end, without its per-call overhead.
-
-    This is qsimcirq 0.22's own path for the case (``_sample_measure_results``:
-    measurements replaced by identities, the same translation, the prescribed
-    seed, one ``qsim_sample_final`` call), so the samples are bit-identical
-    (``tests/test_quantum_units.py``). Left out is what the client's analysis
-    already settled -- the scans of every operation for noise and for
-    non-terminal measurements -- and a simulator and random state per circuit;
-    the shots are unpacked by numpy rather than bit by bit in Python. On
-    six-qubit depth-10 circuits that is most of qsimcirq's time per circuit.
-    """
-    import cirq
-    from qsimcirq.qsim_circuit import QSimCircuit
-
-    module, options = settings
-    program = QSimCircuit(circuit)  # also refuses confusion maps, as qsimcirq does
-    qubits = cirq.QubitOrder.DEFAULT.order_for(program.all_qubits())
-    column = {q: i for i, q in enumerate(qubits)}
-    measurements: dict[str, list[cirq.Operation]] = {}
-    measured_moments = set()
-    for i, op, _ in program.findall_operations_with_gate_type(cirq.MeasurementGate):
-        measurements.setdefault(cirq.measurement_key_name(op), []).append(op)
-        measured_moments.add(i)
-    for key, ops in measurements.items():
-        if len({len(op.qubits) for op in ops}) > 1:
-            raise ValueError(f"repeated key {key!r} with different numbers of qubits: {[len(op.qubits) for op in ops]}")
-    for i in measured_moments:  # qsimcirq rebuilds every moment; the others come out equal
-        program.moments[i] = cirq.Moment(
-            [cirq.IdentityGate(1).on(q) for q in op.qubits] if isinstance(op.gate, cirq.MeasurementGate) else op
-            for op in program.moments[i]
-        )
-    qsim_circuit, _ = program.translate_cirq_to_qsim(cirq.QubitOrder.DEFAULT)
-    raw = module.qsim_sample_final({**options, "c": qsim_circuit, "s": seed}, repetitions)
-    # qsim numbers qubits in reverse: bit n-1-j of a shot is the j-th qubit of the order.
-    shifts = np.arange(len(qubits) - 1, -1, -1, dtype=np.uint64)
-    bits = ((np.asarray(raw, dtype=np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.int8)
-    records = {}
-    for key, ops in measurements.items():
-        records[key] = np.stack(
-            [bits[:, [column[q] for q in op.qubits]] ^ np.asarray(op.gate.full_invert_mask(), dtype=np.int8) for op in ops],
-            axis=1,
-        )
-    return records
-
-
 class QSimBackend:
     """qsim state-vector simulation on the CPU (noiseless circuits)."""
 
@@ -248,10 +200,13 @@ class QSimBackend:
         if noisy is not None:
             return noisy
         # One seed for several repetitions: the client's analysis found the
-        # circuit noiseless with only terminal measurements (seed_draws).
+        # circuit noiseless with only terminal measurements (seed_draws);
+        # qsim_fast runs qsimcirq's path for that without its per-call overhead.
         if not self.noisy and repetitions > 1 and opts.seeds is not None and len(opts.seeds) == 1:
-            settings = _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size)
-            return _sample_final_state(settings, circuit, repetitions, int(opts.seeds[0]))
+            from qdask.quantum.qsim_fast import sample_final_state
+
+            module, options = _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size)
+            return sample_final_state(module, options, circuit, repetitions, int(opts.seeds[0]))
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
