@@ -346,7 +346,9 @@ def make_chunks(
             chunks.append(Chunk(small, small_est, small_mem, small_qubits, _route(small[0].work, policy)))
         small, small_est, small_mem, small_qubits = [], 0.0, 0, 0
 
-    for job in jobs:
+    # Longest first, so each chunk packs jobs of like size and the batch ends
+    # with the shortest ones (a caller's order may put a big job last).
+    for job in sorted(jobs, key=lambda j: -j.est_seconds):
         if job.est_seconds >= target or not policy.batching or _spread_shots(job, policy):
             for task, est in _split(job, view, target, policy):
                 chunks.append(Chunk([task], est, job.memory, job.info.num_qubits, _route(job.work, policy)))
