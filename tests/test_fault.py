@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,43 @@ def test_churn_every_2s_until_1000_wider_circuits_are_done(tmp_path):
 
 
 # -- crash and resume ---------------------------------------------------------------
+#: Worker preload of the crash test's child cluster: appends to $QDASK_CIRCUIT_LOG, one
+#: write(2) per line (O_APPEND: the workers' lines do not mix; each is in the kernel
+#: before the next circuit starts, so a SIGKILL loses none), what each worker did:
+#:   start <time> <worker> <task key> <circuit indexes>   a chunk task begins on the worker
+#:   done <time> <worker> <task key> circuit <i>: ...     qdask's own DEBUG line after each circuit
+HOOK = textwrap.dedent(
+    """
+    import logging, os, pickle, time
+    from distributed import get_worker
+    import qdask.quantum.execute as execute
+
+    def dask_setup(worker):
+        fd = os.open(os.environ["QDASK_CIRCUIT_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+        def write(kind, created, key, text):
+            os.write(fd, f"{kind} {created:.6f} {worker.address} {key} {text}\\n".encode())
+
+        class Lines(logging.Handler):
+            def emit(self, record):
+                write("done", record.created, get_worker().get_current_task(), record.getMessage())
+
+        log = logging.getLogger(execute.__name__)
+        log.setLevel(logging.DEBUG)
+        log.addHandler(Lines(logging.DEBUG))
+        log.propagate = False  # the evidence file only, not the child's stderr
+
+        run_chunk = execute.run_chunk
+
+        def logged_run_chunk(blob):  # chunk tasks unpickle execute.run_chunk by name: this one
+            indexes = ",".join(str(t.index) for t in pickle.loads(blob))
+            write("start", time.time(), get_worker().get_current_task(), indexes)
+            return run_chunk(blob)
+
+        execute.run_chunk = logged_run_chunk
+    """
+)
+
 CHILD = textwrap.dedent(
     """
     import sys
@@ -167,10 +205,10 @@ CHILD = textwrap.dedent(
                 + cirq.measure(*q, key="m") for i in range(n)]
 
     if __name__ == "__main__":
-        url, n, qubits, depth = sys.argv[1], *map(int, sys.argv[2:])
-        with dask.config.set({"qdask.quantum.chunk-duration": "100ms"}):
+        url, hook, interval, (n, qubits, depth) = *sys.argv[1:3], float(sys.argv[3]), map(int, sys.argv[4:])
+        with dask.config.set({"qdask.quantum.chunk-duration": "100ms", "distributed.worker.preload": [hook]}):
             with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB")) as qc:
-                qc.enable_fault_tolerance(FaultToleranceConfig(checkpoint_url=url, checkpoint_interval=0.2))
+                qc.enable_fault_tolerance(FaultToleranceConfig(checkpoint_url=url, checkpoint_interval=interval))
                 print("running", flush=True)
                 sampler = qdask.Sampler(qc.get_client(), seed=77, simulator="qsim")
                 sampler.run_batch(circuits_for(n, qubits, depth), repetitions=50)
@@ -188,16 +226,19 @@ def qc3():
 
 
 def test_crash_and_resume_recomputes_only_what_was_not_saved(qc3, tmp_path):
-    n, qubits, depth = 300, 12, 24
+    n, qubits, depth, interval = 300, 12, 24, 0.2
     store = tmp_path / "ck"
-    script = tmp_path / "job.py"
+    script, hook, evidence = tmp_path / "job.py", tmp_path / "circuit_log.py", tmp_path / "circuits.log"
     script.write_text(CHILD)
+    hook.write_text(HOOK)
     log = open(tmp_path / "job.log", "w")
-    child = subprocess.Popen([sys.executable, str(script), str(store), str(n), str(qubits), str(depth)],
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    argv = [sys.executable, *map(str, (script, store, hook, interval, n, qubits, depth))]
+    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, "QDASK_CIRCUIT_LOG": str(evidence)})
     try:
         # Kill client, scheduler, Nannies and workers at once (one process group) mid-batch.
         wait_for(lambda: len(list(store.rglob("*.npz"))) >= n // 4 or child.poll() is not None, timeout=600)
+        killed_at = time.time()
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
     finally:
@@ -206,6 +247,7 @@ def test_crash_and_resume_recomputes_only_what_was_not_saved(qc3, tmp_path):
     wait_for(lambda: not [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == child.pid], timeout=60)
     durable = len(list(store.rglob("*.npz")))
     assert 0 < durable < n
+    before = CrashEvidence.read(evidence)
 
     circuits = circuits_for(n, qubits, depth)
     ft = qc3.enable_fault_tolerance(FaultToleranceConfig(checkpoint_url=str(store)))
@@ -220,8 +262,75 @@ def test_crash_and_resume_recomputes_only_what_was_not_saved(qc3, tmp_path):
     # Every result saved before the crash is loaded; only the circuits in flight are run.
     assert stats["hits"] == durable and stats.get("corrupt", 0) == 0
     assert stats["written"] == n - durable
-    print(f"\ncrash and resume: {n} circuits, {durable} checkpointed before the SIGKILL, "
-          f"{stats['hits']} loaded, {n - stats['hits']} run after the resume (not saved: in flight or not yet started)")
+
+    # Which circuits were loaded: a restored result names the crashed cluster's worker
+    # that computed it (the checkpoint's header), a recomputed one a worker of qc3.
+    ran_on = {i: set(results[0].metadata["workers"]) for i, results in enumerate(got)}
+    hits = {i for i, workers in ran_on.items() if workers <= before.workers}
+    after = {i for i, workers in ran_on.items() if not workers & before.workers}
+    assert len(hits) == durable and hits | after == set(range(n))
+    # The log is complete: every checkpoint is of a circuit the log shows computed.
+    assert hits <= before.computed <= before.started
+    computed = before.computed
+    in_flight = before.started - hits  # chunks begun on a worker, results not durable at the kill
+    recomputed = computed & after  # computed before the crash and run again after the resume
+    assert recomputed == computed - hits
+    assert len(recomputed) <= len(in_flight), (recomputed, in_flight)
+    # How old the unsaved work was at the kill: the last circuit of its chunk finished this long before.
+    ages = [killed_at - before.chunk_done[key] for key in before.chunks_of(recomputed) if key in before.chunk_done]
+    print(f"\ncrash and resume: {n} circuits; {durable} checkpointed before the SIGKILL, {len(hits)} loaded "
+          f"(checkpoint hits); {len(computed)} computed on a worker before the kill, "
+          f"{len(in_flight)} in flight at the kill ({len(before.started - computed)} running or queued in a begun "
+          f"chunk, {len(computed - hits)} finished but not durable); {len(recomputed)} recomputed after the resume; "
+          f"{len(after)} run after the resume ({len(after - before.started)} never begun); "
+          f"finished-but-unsaved chunks ended {max(ages, default=0):.2f} s at most before the kill "
+          f"(checkpoint_interval {interval} s)")
+
+
+class CrashEvidence:
+    """What the crashed cluster's workers logged (:data:`HOOK`) before the SIGKILL."""
+
+    DONE = re.compile(r"circuit (\d+): \w+ on \S+ in ")
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, list[int]] = {}  # { task key: its circuits }, chunks begun on a worker
+        self.done: dict[int, float] = {}  # { circuit: when it finished }
+        self.key_of: dict[int, str] = {}  # { circuit: its chunk }
+        self.workers: set[str] = set()
+
+    @classmethod
+    def read(cls, path: Path) -> CrashEvidence:
+        ev = cls()
+        for line in path.read_text().splitlines():
+            kind, created, worker, key, text = line.split(" ", 4)
+            ev.workers.add(worker)
+            if kind == "start":
+                assert key not in ev.chunks, f"chunk {key} began twice"
+                ev.chunks[key] = [int(i) for i in text.split(",")]
+                for i in ev.chunks[key]:
+                    assert i not in ev.key_of, f"circuit {i} in two chunks (no failure, no split before the kill)"
+                    ev.key_of[i] = key
+            elif m := cls.DONE.match(text):
+                i = int(m.group(1))
+                assert i not in ev.done and ev.key_of.get(i) == key, line
+                ev.done[i] = float(created)
+        return ev
+
+    @property
+    def started(self) -> set[int]:
+        return set(self.key_of)
+
+    @property
+    def computed(self) -> set[int]:
+        return set(self.done)
+
+    @property
+    def chunk_done(self) -> dict[str, float]:
+        """{ key: when its last circuit finished } of the chunks that finished."""
+        return {k: max(self.done[i] for i in c) for k, c in self.chunks.items() if all(i in self.done for i in c)}
+
+    def chunks_of(self, circuits: set[int]) -> set[str]:
+        return {self.key_of[i] for i in circuits}
 
 
 def _pgid(pid: int) -> int | None:
