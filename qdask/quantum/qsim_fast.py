@@ -67,6 +67,8 @@ def _cached_adder(op: cirq.Operation) -> Callable[[int, list[int], Any], None] |
         return None
     entry = _GATES.get(id(gate))
     if entry is None:
+        if isinstance(gate, cirq.MatrixGate):  # not kept: up to 64 KB each, and rarely shared
+            return _adder(gate)
         if len(_GATES) >= _GATES_MAX:
             _GATES.clear()
         entry = _GATES[id(gate)] = (gate, _adder(gate))
