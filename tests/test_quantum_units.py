@@ -192,6 +192,28 @@ def test_qsim_translation_equals_qsimcirqs_state_for_state():
         translate(QSimCircuit(cirq.Circuit(cirq.X(q[0]) ** sympy.Symbol("t"))))
 
 
+def test_hand_off_holds_the_next_chunk_until_the_result_is_fetched_or_the_limit():
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from qdask.quantum.execute import HandOff
+
+    worker, hand_off = SimpleNamespace(transfer_outgoing_count_total=3), HandOff()
+    t0 = time.monotonic()
+    hand_off.wait(worker)  # not armed: no wait
+    assert time.monotonic() - t0 < 1
+    hand_off.arm(worker, limit=30)
+    threading.Timer(0.05, lambda: setattr(worker, "transfer_outgoing_count_total", 4)).start()
+    t0 = time.monotonic()
+    hand_off.wait(worker)  # released by the fetch, long before the limit
+    assert 0.04 <= time.monotonic() - t0 < 20
+    hand_off.arm(worker, limit=0.05)
+    t0 = time.monotonic()
+    hand_off.wait(worker)  # nothing fetched: released at the limit, then disarmed
+    assert time.monotonic() - t0 >= 0.05 and hand_off.deadline == 0.0
+
+
 def test_pack_unpack_roundtrip_is_compact():
     rng = np.random.default_rng(0)
     rec = {"m": rng.integers(0, 2, size=(1000, 1, 20)).astype(np.int8), "q": np.full((1000, 1, 1), 2, np.int8)}

@@ -204,7 +204,7 @@ class Engine:
             for chunk in chunks:
                 blob = dump_tasks(chunk.tasks)
                 sub.circuit_bytes += len(blob)
-                run = partial(run_chunk_then, finish, jobs) if sub.finished else run_chunk
+                run = partial(run_chunk_then, finish, jobs, urgent=prio > 0) if sub.finished else run_chunk
                 sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio))
         for job in paths:
             sub.futures.append(schrodinger_feynman.submit_job(self.client, job, view, prio))
