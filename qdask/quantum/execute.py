@@ -144,7 +144,8 @@ class HandOff:
         self.deadline = 0.0
 
 
-#: One per worker process: chunks run one after another on a quantum slot.
+#: One per worker process: its slots share the GIL, so any chunk started after
+#: an urgent result would hold up the fetch.
 _HAND_OFF = HandOff()
 
 
