@@ -42,6 +42,8 @@ def speedup(fn: Callable[..., Any], args: tuple, warmup: tuple, processes: int =
             spans = pool.starmap(_timed, [(fn, args)] * processes, chunksize=1)
             if len({pid for pid, _, _ in spans}) == processes:
                 break
+        else:  # the calls ran one after another: no concurrent figure to report
+            raise RuntimeError(f"the pool never ran {processes} calls in {processes} processes at once")
         many = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
     return processes * one / many
 
