@@ -82,3 +82,11 @@ def test_no_nvml_means_no_gpus(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pynvml", Broken([]))
     assert discovery.detect_gpus() == []
+
+
+
+def test_heap_reuse_refuses_sizes_out_of_range():
+    from qdask.worker.plugin import reuse_freed_memory
+
+    with pytest.raises(ValueError, match="heap-reuse of 2199023255552 bytes is out of range.*Fix"):
+        reuse_freed_memory(2**41)

@@ -67,7 +67,22 @@ def test_cost_model_grows_with_width_and_repetitions():
 
 def test_calibration_measures_something():
     m = CostModel.calibrate(repeats=1)
-    assert m.per_circuit > 0 and m.per_op > 0 and m.per_amp_op > 0
+    assert m.per_circuit > 0 and m.per_op > 0 and m.per_amp_op > 0 and m.per_amp_term > 0
+    assert CostModel.from_dict(m.to_dict()) == m
+
+
+def test_expectation_estimates_count_the_observables_terms():
+    model = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10, per_amp_term=4e-9)
+    info = analyze(_random(16, measure=False))
+    assert model.estimate(info, terms=10) == pytest.approx(model.estimate(info) + 10 * 4e-9 * 2**16)
+    q = cirq.LineQubit.range(16)
+    zz = cirq.PauliSum.from_pauli_strings([cirq.Z(q[i]) * cirq.Z(q[i + 1]) for i in range(10)])
+    view = ClusterView(slots=2, max_statevector_bytes=2**30, backends=frozenset(bk.backend_names()), cost=model, big_threads=1)
+    (job,) = build_jobs([_random(16, measure=False)], [None], [1], work="expectation", simulator="qsim", view=view,
+                        seeds=SeedSource(1), extra=[{"observables": [zz], "qubit_order": q}])
+    assert job.est_seconds == pytest.approx(model.estimate(info, terms=10))
+    # A worker model from before terms were measured still loads.
+    assert CostModel.from_dict({"per_circuit": 1, "per_op": 1, "per_amp_op": 1}).per_amp_term == 0
 
 
 def test_priority_classes():
@@ -99,7 +114,12 @@ def test_chunks_per_slot_and_short_chunks_for_low_priority_backlogs():
     with dask.config.set({"qdask.quantum.max-chunk-duration": "1h", "qdask.quantum.chunks-per-slot": 8}):
         normal = target_chunk_seconds(jobs, VIEW)
         assert normal == pytest.approx(total / (8 * VIEW.slots))
-        assert len(make_chunks(jobs, VIEW, normal)) == pytest.approx(16, abs=1)
+        sizes = [c.est_seconds for c in make_chunks(jobs, VIEW, normal)]
+        # About 16 chunks of `normal`; the batch ends with chunks tapering to
+        # min-chunk-duration (50 ms), so no slot idles for a whole chunk.
+        assert sizes[0] == pytest.approx(normal, rel=0.1) and sizes[12] > 0.9 * normal
+        assert all(s <= 0.05 * 1.2 for s in sizes[-4:])
+        assert sum(sizes) == pytest.approx(total) and 16 <= len(sizes) <= 16 + 2 * VIEW.slots + 1
         # Below normal priority: min-chunk-duration, so urgent work overtakes it quickly.
         low = target_chunk_seconds(jobs, VIEW, priority=resolve_priority("low"))
     assert low == 0.05 < normal
@@ -239,6 +259,39 @@ MAIN_GATE = textwrap.dedent(
     sys.stdout.buffer.write(dump_tasks([cirq.Circuit(Shifted().on(q), cirq.measure(q, key="m"))]))
     """
 )
+
+
+def test_expectation_points_of_a_chunk_run_as_one_qsimcirq_sweep(monkeypatch):
+    import qsimcirq
+
+    from qdask.quantum.execute import QuantumTaskError, run_chunk
+
+    q = cirq.LineQubit.range(6)
+    a, b = sympy.symbols("a b")
+    circuit = cirq.Circuit(cirq.H.on_each(*q), [cirq.ZZ(q[i], q[i + 1]) ** a for i in range(5)], cirq.rx(b).on_each(*q))
+    obs = cirq.Z(q[0]) * cirq.Z(q[1]) + 0.5 * cirq.X(q[2])
+    points = [cirq.ParamResolver({"a": 0.1 * i, "b": 0.3 - 0.05 * i}) for i in range(7)]
+    jobs = build_jobs([circuit], [points], [1], work="expectation", simulator="qsim", view=VIEW, seeds=SeedSource(5),
+                      extra=[{"observables": [cirq.PauliSum.wrap(obs)], "qubit_order": q, "initial_state": 0}])
+    (chunk,) = make_chunks(jobs, VIEW, target=1.0)
+    blob = dump_tasks(chunk.tasks)
+    assert b"cloudpickle" not in blob  # PauliSum goes by its terms, through the fast pickler
+    calls = []
+    sweep = bk.QSimBackend.expectation_sweep
+    monkeypatch.setattr(bk.QSimBackend, "expectation_sweep", lambda self, *args: calls.append(args) or sweep(self, *args))
+    results = run_chunk(blob)
+    assert len(calls) == 1 and len(calls[0][2]) == 7  # one call, seven points
+    serial = qsimcirq.QSimSimulator(seed=5).simulate_expectation_values_sweep(circuit, [obs], points)
+    assert [r.index for r in results] == list(range(7))
+    assert np.array_equal([r.payload[0] for r in results], [v[0] for v in serial])  # the same numbers, not just close
+
+    def broken(self, *args):
+        raise RuntimeError("sweep failed")
+
+    monkeypatch.setattr(bk.QSimBackend, "expectation_sweep", broken)
+    # A failing sweep reruns its points one by one, which names the failing circuit.
+    with pytest.raises(QuantumTaskError, match="circuit 0 failed on backend 'qsim'"):
+        run_chunk(blob)
 
 
 def test_dump_tasks_sends_classes_from_main_by_value():

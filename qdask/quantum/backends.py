@@ -216,10 +216,23 @@ class QSimBackend:
     def expectation(
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
     ) -> np.ndarray:
-        values = self._simulator(opts).simulate_expectation_values(
-            circuit, observables=observables, qubit_order=qubit_order, initial_state=opts.initial_state
+        import cirq
+
+        return self.expectation_sweep(circuit, observables, [cirq.ParamResolver()], qubit_order, opts)[0]
+
+    def expectation_sweep(
+        self,
+        circuit: cirq.AbstractCircuit,
+        observables: list[Any],
+        resolvers: list[cirq.ParamResolver],
+        qubit_order: Any,
+        opts: RunOptions,
+    ) -> list[np.ndarray]:
+        """Expectation values at several parameter points: one qsimcirq sweep, as a serial caller makes it."""
+        values = self._simulator(opts).simulate_expectation_values_sweep(
+            circuit, observables=observables, params=resolvers, qubit_order=qubit_order, initial_state=opts.initial_state
         )
-        return np.asarray(values, dtype=np.complex128)
+        return [np.asarray(v, dtype=np.complex128) for v in values]
 
     def amplitudes(
         self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions

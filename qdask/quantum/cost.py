@@ -3,10 +3,12 @@
 The model is calibrated by a short measurement on each quantum worker at
 start (:meth:`CostModel.calibrate`, ~0.1 s), never guessed: qsim's time is
 
-``per_circuit + per_op * ops + per_amp_op * ops * 2**n / speedup(threads)``
+``per_circuit + per_op * ops + (per_amp_op * ops + per_amp_term * terms) * 2**n / speedup(threads)``
 
 where the first two terms are the Python-side translation of the circuit
-(which dominates small circuits) and the last the state-vector kernel.
+(which dominates small circuits) and the last the state-vector kernel, with
+each Pauli term of the observables of an expectation value (qsim copies the
+state, applies the term and takes an inner product: ~14 gates' worth).
 Circuits whose every repetition needs its own simulation (noise channels,
 mid-circuit measurements) pay that once per repetition. Estimates travel with
 each circuit task (the ``qdask`` annotation) so balancing, elastic scaling
@@ -39,22 +41,28 @@ class CostModel:
         Translation cost per operation.
     per_amp_op : float
         Kernel cost per amplitude per operation.
+    per_amp_term : float
+        Cost per amplitude of each Pauli term of an expectation value.
     """
 
     per_circuit: float
     per_op: float
     per_amp_op: float
+    per_amp_term: float = 0.0
 
     def estimate(
-        self, info: CircuitInfo, backend: str = "qsim", *, threads: int = 1, repetitions: int = 1
+        self, info: CircuitInfo, backend: str = "qsim", *, threads: int = 1, repetitions: int = 1, terms: int = 0
     ) -> float:
-        """Estimated seconds to run ``info`` on ``backend`` with ``threads`` qsim threads."""
+        """Estimated seconds to run ``info`` on ``backend`` with ``threads`` qsim threads.
+
+        ``terms``: Pauli terms of the observables, for an expectation value.
+        """
         ops = max(info.num_ops, 1)
         if backend == "stim":
             # Tableau simulation: polynomial; translation dominates.
             return self.per_circuit + self.per_op * ops * 2 + 1e-7 * repetitions * info.num_qubits
         amplitudes = 4.0**info.num_qubits if backend == "density-matrix" else 2.0**info.num_qubits
-        kernel = self.per_amp_op * ops * amplitudes / self.speedup(info.num_qubits, threads)
+        kernel = (self.per_amp_op * ops + self.per_amp_term * terms) * amplitudes / self.speedup(info.num_qubits, threads)
         one = self.per_op * ops + kernel
         if info.per_repetition and backend != "density-matrix":
             return self.per_circuit + one * max(repetitions, 1)
@@ -71,7 +79,7 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostModel:
-        return cls(**{k: float(d[k]) for k in ("per_circuit", "per_op", "per_amp_op")})
+        return cls(**{k: float(v) for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @classmethod
     def median(cls, models: list[CostModel]) -> CostModel:
@@ -80,14 +88,16 @@ class CostModel:
             per_circuit=statistics.median(m.per_circuit for m in models),
             per_op=statistics.median(m.per_op for m in models),
             per_amp_op=statistics.median(m.per_amp_op for m in models),
+            per_amp_term=statistics.median(m.per_amp_term for m in models),
         )
 
     @classmethod
     def calibrate(cls, repeats: int = 3) -> CostModel:
-        """Measure this process's qsim speed on two small circuits (about 0.1 s).
+        """Measure this process's qsim speed on small circuits (about 0.1 s).
 
         A 1-qubit circuit gives the fixed cost, a 6-qubit one (translation
-        dominated) the per-operation cost, a 16-qubit one the kernel cost.
+        dominated) the per-operation cost, a 16-qubit one the kernel cost, and
+        its expectation values of 1 and 9 ZZ terms the cost of a term.
         """
         import cirq
         import qsimcirq
@@ -97,12 +107,7 @@ class CostModel:
         def best(circuit: cirq.Circuit) -> float:
             # Sampling with terminal measurements: the commonest work.
             circuit = circuit + cirq.measure(*sorted(circuit.all_qubits()), key="m")
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                sim.run(circuit, repetitions=1)
-                times.append(time.perf_counter() - t0)
-            return min(times)
+            return min(_seconds(lambda: sim.run(circuit, repetitions=1)) for _ in range(repeats))
 
         tiny = cirq.Circuit(cirq.X(cirq.LineQubit(0)))
         small = _random(6, 20, seed=1)
@@ -114,7 +119,21 @@ class CostModel:
         ops_large = analyze(large).num_ops
         kernel = best(large) - per_circuit - per_op * ops_large
         per_amp_op = max(kernel / (ops_large * 2.0**PARALLEL_MIN_QUBITS), 1e-12)
-        return cls(per_circuit=per_circuit, per_op=per_op, per_amp_op=per_amp_op)
+        q = sorted(large.all_qubits())
+        zz = [cirq.Z(q[i]) * cirq.Z(q[i + 1]) for i in range(9)]
+
+        def expectation(terms: int) -> float:
+            return min(_seconds(lambda: sim.simulate_expectation_values(large, cirq.PauliSum.from_pauli_strings(zz[:terms]))) for _ in range(repeats))
+
+        per_term = (expectation(9) - expectation(1)) / 8
+        per_amp_term = max(per_term / 2.0**PARALLEL_MIN_QUBITS, 1e-12)
+        return cls(per_circuit=per_circuit, per_op=per_op, per_amp_op=per_amp_op, per_amp_term=per_amp_term)
+
+
+def _seconds(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _random(n: int, depth: int, seed: int) -> Any:

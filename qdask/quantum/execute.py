@@ -7,12 +7,15 @@ expectation values as plain numpy arrays: no Python objects per shot.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import gc
+import io
+import itertools
 import logging
 import pickle
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cirq
@@ -94,12 +97,7 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
     and the result names the backend that ran it.
     """
     backend = bk.get_backend(task.backend)
-    opts = bk.RunOptions(
-        seeds=task.seeds,
-        threads=task.threads,
-        max_fused_gate_size=task.fused_gate_size,
-        initial_state=task.extra.get("initial_state", 0),
-    )
+    opts = _options(task)
     circuit = cirq.resolve_parameters(task.circuit, task.resolver) if task.resolver.param_dict else task.circuit
     t0 = time.perf_counter()
     try:
@@ -116,6 +114,47 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
     seconds = time.perf_counter() - t0
     logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, backend.name, seconds)
     return TaskResult(task.index, task.start, backend.name, seconds, worker, payload, _nbytes(payload))
+
+
+def _options(task: Task) -> bk.RunOptions:
+    return bk.RunOptions(
+        seeds=task.seeds,
+        threads=task.threads,
+        max_fused_gate_size=task.fused_gate_size,
+        initial_state=task.extra.get("initial_state", 0),
+    )
+
+
+def _sweep_key(task: Task) -> tuple[int, int, int, int] | None:
+    """Tasks with equal keys are one circuit's expectation values at several points, on CPU qsim."""
+    if task.work != "expectation" or task.backend != bk.QSimBackend.name or task.seeds is None or len(task.seeds) != 1:
+        return None
+    # A chunk is unpickled with one object per circuit and per program's extras.
+    return id(task.circuit), id(task.extra), task.threads, task.fused_gate_size
+
+
+def run_expectation_sweep(tasks: list[Task], worker: str = "") -> list[TaskResult]:
+    """Tasks of one :func:`_sweep_key`: one qsimcirq sweep over their parameter points.
+
+    This is the call a serial user makes (same values): qsimcirq then builds
+    the observables and its simulator once, not once per point (~3 of ~21 ms
+    per point of an 18-qubit QAOA gradient). On any error the tasks run one
+    by one, which reports the failing circuit.
+    """
+    first = tasks[0]
+    backend = bk.get_backend(first.backend)
+    # qsimcirq draws one seed per point, in order: each task's one draw.
+    opts = replace(_options(first), seeds=np.concatenate([t.seeds for t in tasks]))
+    t0 = time.perf_counter()
+    try:
+        values = backend.expectation_sweep(
+            first.circuit, first.extra["observables"], [t.resolver for t in tasks], first.extra["qubit_order"], opts
+        )
+    except Exception:
+        logger.debug("circuits %s: sweep failed; running them one by one", [t.index for t in tasks], exc_info=True)
+        return [run_task(t, worker) for t in tasks]
+    each = (time.perf_counter() - t0) / len(tasks)
+    return [TaskResult(t.index, t.start, backend.name, each, worker, v, _nbytes(v)) for t, v in zip(tasks, values)]
 
 
 class HandOff:
@@ -189,19 +228,33 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _pauli_sum(value: cirq.PauliSum) -> tuple[Any, tuple[Any, ...]]:
+    return cirq.PauliSum.from_pauli_strings, (tuple(value),)
+
+
+# A PauliSum holds a lambda (its LinearDict's validator) that pickle cannot
+# send by reference; its terms can, and rebuild the same sum.
+_DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum}
+
+
 def dump_tasks(tasks: list[Task]) -> bytes:
     """Serialize a chunk on the client (Dask ships bytes as a single frame).
 
     The standard pickler first: it runs in C, ~40% faster than cloudpickle on
-    2,000 small circuits, whose Python hook is called for every object.
-    cloudpickle, as Dask would use, where that is wrong: values that cannot be
-    pickled by reference (lambdas in PauliSum, local classes) raise, and a
-    reference into ``__main__`` (a gate class defined in a notebook or script)
-    would pickle but not load on a worker; cloudpickle sends those by value.
+    2,000 small circuits, whose Python hook is called for every object;
+    observables (``cirq.PauliSum``) go as their terms. cloudpickle, as Dask
+    would use, where that is wrong: values that cannot be pickled by reference
+    (lambdas, local classes) raise, and a reference into ``__main__`` (a gate
+    class defined in a notebook or script) would pickle but not load on a
+    worker; cloudpickle sends those by value.
     """
     with paused_gc():
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dispatch_table = _DISPATCH
         try:
-            blob = pickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+            pickler.dump(tasks)
+            blob = buffer.getvalue()
         except (pickle.PicklingError, AttributeError, TypeError):
             blob = b"__main__"
         if b"__main__" in blob:
@@ -217,4 +270,9 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
     with paused_gc():
         tasks: list[Task] = pickle.loads(blob)
         begin_chunk(len(tasks))  # fault tolerance: isolation of a retry, start report (qdask.fault)
-        return [run_task(t, worker.address if worker is not None else "") for t in tasks]
+        address = worker.address if worker is not None else ""
+        results: list[TaskResult] = []
+        for key, group in itertools.groupby(tasks, key=_sweep_key):
+            run = [run_task(t, address) for t in group] if key is None else run_expectation_sweep(list(group), address)
+            results.extend(run)
+        return results

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from typing import TYPE_CHECKING, Any
 
+from dask.utils import parse_bytes
 from distributed import WorkerPlugin
 from distributed.core import Status
 
@@ -82,6 +84,9 @@ class QuantumWorkerPlugin(WorkerPlugin):
                 await worker.set_resources(**resources)
             worker.log_event(CAPABILITIES_TOPIC, {"capabilities": caps.to_dict()})
         if self.role == "quantum":
+            reuse = config.get("worker.heap-reuse")
+            if reuse is not None and not reuse_freed_memory(parse_bytes(reuse)):
+                logger.info("qdask: no glibc mallopt here; qdask.worker.heap-reuse has no effect")
             from qdask.hybrid import noise as device
 
             noise = device.DeviceNoise.coerce(self.noise if self.noise is not None else config.get("worker.noise"))
@@ -95,6 +100,34 @@ class QuantumWorkerPlugin(WorkerPlugin):
             caps.qsim_isa,
             f", {len(caps.gpus)} GPU(s)" if caps.gpus else "",
         )
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def reuse_freed_memory(limit: int) -> bool:
+    """Serve blocks under ``limit`` bytes from the heap and keep up to ``2 * limit`` freed (glibc).
+
+    qsim allocates a new state vector (and scratch) for every simulation.
+    Mapped afresh, each costs a page fault per 4 KiB plus zeroing, twice over
+    when two workers fault at once; reused, none. Sets this process's
+    ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (what Dask's
+    ``MALLOC_TRIM_THRESHOLD_`` sets at start). Returns False where there is no
+    glibc ``mallopt`` (macOS, musl) or it refused the value.
+    """
+    if not 0 < limit <= 2**30:
+        raise ValueError(
+            f"qdask.worker.heap-reuse of {limit} bytes is out of range (1 B to 1 GiB). "
+            "Fix: a size such as 32MiB, or null to leave glibc's settings alone."
+        )
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * limit))
 
 
 def _startup_info(worker: Worker) -> dict[str, Any]:
