@@ -145,3 +145,55 @@ def test_migration_respects_restrictions(hetero):
         assert set(client.gather(wide)) == {big}  # the idle small worker could never take them
     finally:
         lb.stop()
+
+
+def _chunk_states(dask_scheduler) -> list[tuple[str, bool]]:
+    return [
+        (ts.state, bool(ts.resource_restrictions))
+        for ts in dask_scheduler.tasks.values()
+        if str(ts.key).startswith("qdask_sample_")
+    ]
+
+
+def test_circuit_chunks_are_pulled_by_free_workers_and_restricted_again_when_an_incapable_one_joins():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cirq
+
+    import qdask
+    from qdask.deploy import spec
+
+    with QuantumCluster(ClusterConfig(num_nodes=2, threads_per_node=1, memory_per_node="1GiB")) as qc:
+        client = qc.get_client()
+        # Both quantum threads busy: the batch's chunks must wait somewhere.
+        with dask.annotate(qdask={"qubits": 10}):
+            blockers = [client.submit(where, 8.0, pure=False, key=f"blocker-{i}") for i in range(2)]
+        while client.run_on_scheduler(lambda dask_scheduler: sum(len(ws.processing) for ws in dask_scheduler.workers.values())) < 2:
+            time.sleep(0.05)
+        q = cirq.LineQubit.range(8)
+        circuits = [cirq.testing.random_circuit(q, 10, 0.8, random_state=i) + cirq.measure(*q, key="m") for i in range(60)]
+        pool = ThreadPoolExecutor(1)
+        with dask.config.set({"qdask.quantum.chunk-duration": "1ms"}):  # a chunk per circuit
+            pending = pool.submit(qdask.Sampler(client, seed=1).run_batch, circuits, repetitions=10)
+            deadline = time.monotonic() + 10
+            while sum(s == "queued" for s, _ in client.run_on_scheduler(_chunk_states)) < 50:
+                assert time.monotonic() < deadline, "the chunks were not queued on the scheduler"
+                time.sleep(0.05)
+        states = client.run_on_scheduler(_chunk_states)
+        # Every worker can run them: no restrictions, so Dask queued them on the
+        # scheduler (all but the first few, sent before their group looked root-ish).
+        assert not any(r for s, r in states if s == "queued")
+        # A classical worker joins: it could not run them, so they are restricted again.
+        template = qc.cluster.new_spec
+        options = {**template["options"], "plugins": spec.worker_plugins("classical")}
+        qc.cluster.worker_spec["classical"] = {"cls": template["cls"], "options": options}
+        qc.cluster.scale(len(qc.cluster.worker_spec))
+        client.wait_for_workers(3, timeout=60)
+        states = client.run_on_scheduler(_chunk_states)
+        assert sum(r for _, r in states) >= 40  # the queued ones, now sent to capable workers
+        assert all(r or s in ("processing", "memory") for s, r in states)  # none left queued unrestricted
+        results = pending.result(timeout=60)
+        pool.shutdown()
+        classical = {r["worker"] for r in qc.resources() if r["role"] == "classical"}
+        assert len(results) == 60 and not any(set(r[0].metadata["workers"]) & classical for r in results)
+        client.gather(blockers)

@@ -20,7 +20,18 @@ set priorities and restrictions and before any task is transitioned:
 4. **Best fit.** Among valid workers that would start the task equally soon
    (Dask's own objective), the one with the smallest state-vector capacity
    wins, keeping big workers free for wide circuits.
-5. **Never hang.** A task whose resource request no current worker can
+5. **Pulled, not pushed.** Dask sends a task with resource restrictions to a
+   worker at once, where it waits; a worker that turns out slower than
+   estimated (another load on its core) or one that joins later gets that
+   work only if stealing moves it, which Dask does late and for long tasks
+   only. When *every* worker can run a circuit chunk (a quantum worker with
+   a slot per thread and room for two such states per thread, and the chunk
+   asks for nothing else, no GPU, no device route), its restrictions are
+   dropped, so Dask's own queuing (``worker-saturation``) keeps it on the
+   scheduler and hands it to whichever worker frees a thread first. A worker
+   that joins and could not run such a queued chunk (classical, smaller)
+   makes those chunks restricted again before it gets any.
+6. **Never hang.** A task whose resource request no current worker can
    satisfy fails at once with :class:`UnsatisfiableError` naming the request
    and what the cluster offers; tasks whose capable workers leave later fail
    after ``qdask.scheduler.no-worker-timeout`` (Dask's own
@@ -42,6 +53,9 @@ if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
 logger = logging.getLogger(__name__)
+
+#: Pulled chunks tracked before those no longer queued are dropped from the record.
+PRUNE_AT = 4096
 
 #: Priority classes of the contract, as Dask priorities (higher runs first).
 PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 100}
@@ -100,6 +114,8 @@ class Placement:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        #: Chunks whose restrictions were dropped (rule 5): key -> the restrictions.
+        self.pulled: dict[Any, dict[str, float]] = {}
         self._objective = scheduler.worker_objective
         # Private lever (DASK_NOTES): the instance attribute shadows the method.
         scheduler.worker_objective = self.worker_objective  # type: ignore[method-assign]
@@ -123,8 +139,14 @@ class Placement:
                     ts.resource_restrictions = {**(ts.resource_restrictions or {}), **extra}
                 if "priority" in meta and ts.priority:
                     ts.priority = (-resolve_priority(meta["priority"]), *ts.priority[1:])
-            elif ts.priority:
-                ts.priority = (ts.priority[0], ts.priority[1], -float(meta.get("est_seconds", 0.0)))
+            else:
+                if ts.priority:
+                    ts.priority = (ts.priority[0], ts.priority[1], -float(meta.get("est_seconds", 0.0)))
+                if self._pullable(ts.resource_restrictions, meta):
+                    if len(self.pulled) >= PRUNE_AT:
+                        self._prune()
+                    self.pulled[key] = ts.resource_restrictions
+                    ts.resource_restrictions = None
             if "est_seconds" in meta and ts.prefix.duration_average < 0:
                 ts.prefix.duration_average = float(meta["est_seconds"])
         unsatisfiable = [
@@ -137,6 +159,44 @@ class Placement:
         if unsatisfiable:
             # After update_graph has transitioned them to "no-worker".
             s.loop.add_callback(self._fail, unsatisfiable)
+
+    def _prune(self) -> None:
+        s = self.scheduler
+        self.pulled = {k: r for k, r in self.pulled.items() if k in s.tasks and s.tasks[k].state in ("queued", "processing")}
+
+    def _pullable(self, request: dict[str, float] | None, meta: dict[str, Any]) -> bool:
+        """Rule 5: every worker can run this chunk on every thread, and it asks for nothing else."""
+        if not request or set(request) - {QUANTUM, STATEVECTOR_BYTES} or meta.get("route"):
+            return False
+        workers = self.scheduler.workers.values()
+        return bool(workers) and all(_fits_every_thread(ws, request) for ws in workers)
+
+    def add_worker(self, address: str) -> None:
+        """Rule 5 for a joining worker: pulled chunks it could not run get restricted again.
+
+        Runs before Dask offers the worker any queued task. Queued chunks get
+        their resource restrictions back (and go to capable workers at once);
+        chunks already sent to a worker keep their accounting and are only
+        pinned to the capable workers, so stealing cannot move them over.
+        """
+        s = self.scheduler
+        ws = s.workers.get(address)
+        self._prune()
+        if ws is None or all(_fits_every_thread(ws, r) for r in self.pulled.values()):
+            return
+        logger.info("worker %s cannot run every pulled circuit chunk: %d chunk(s) restricted again", address, len(self.pulled))
+        capable = {a for a, w in s.workers.items() if a != address}
+        queued = []
+        for key, request in self.pulled.items():
+            ts = s.tasks[key]
+            if ts.state == "queued":
+                ts.resource_restrictions = request
+                queued.append(key)
+            else:
+                ts.worker_restrictions = {a for a in capable if _fits_every_thread(s.workers[a], request)}
+        # queued -> released -> waiting -> a capable worker (or no-worker).
+        s.transitions(dict.fromkeys(queued, "released"), stimulus_id=f"qdask-restrict-{address}")
+        self.pulled = {}
 
     def _satisfiable(self, request: dict[str, float]) -> bool:
         return any(
@@ -169,3 +229,13 @@ class Placement:
             i = len(base) - 1
             return (*base[:i], ws.resources.get(STATEVECTOR_BYTES, 0.0), *base[i:])
         return base
+
+
+def _fits_every_thread(ws: WorkerState, request: dict[str, float]) -> bool:
+    # Unrestricted, a worker may run one chunk per thread; twice the memory
+    # leaves room for a restricted wide circuit that resources do not see.
+    threads = max(ws.nthreads, 1)
+    return (
+        ws.resources.get(QUANTUM, 0) >= threads
+        and ws.resources.get(STATEVECTOR_BYTES, 0) >= 2 * threads * request.get(STATEVECTOR_BYTES, 0)
+    )

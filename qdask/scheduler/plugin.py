@@ -139,6 +139,8 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         assert self.registry is not None
         self.registry.add(worker)
+        if self.placement is not None:
+            self.placement.add_worker(worker)
         if self.routing is not None:
             self.routing.add_worker(worker)
 
