@@ -75,10 +75,10 @@ def test_roles_are_visible_and_classical_tasks_prefer_classical_workers(qc, clie
 
 
 def test_the_cluster_level_reaches_the_engine(client):
-    assert qdask.Sampler(client).engine.policy().level == "basic"
+    assert qdask.Sampler(client).engine.context()[1].level == "basic"
     engine = qdask.Sampler(client).engine
     engine.optimization_level = "aggressive"
-    assert engine.policy().sf_fallback
+    assert engine.context()[1].sf_fallback
 
 
 # -- Schrödinger-Feynman ---------------------------------------------------------------------------

@@ -484,7 +484,7 @@ def compute_amplitudes(
     """
     from qdask.quantum.engine import Engine
 
-    view = Engine(client).view()
+    view, _ = Engine(client).context()
     ntasks = tasks if tasks is not None else tasks_for(view)
     prep, cut = plan(circuit, qubit_order, view, tasks=ntasks)
     logger.info("Schrödinger-Feynman cut %s: %d prefix values over %d tasks", cut, cut.prefixes, ntasks)

@@ -21,7 +21,6 @@ import numpy as np
 from distributed import Client, Future, as_completed
 from tqdm import tqdm
 
-from qdask import config
 from qdask.fault import client as fault
 from qdask.fault.batch import BatchGuard
 from qdask.hybrid import schrodinger_feynman
@@ -127,30 +126,23 @@ class Engine:
         self.optimization_level = optimization_level
         self.last = BatchStats()
 
-    def view(self) -> ClusterView:
-        """Current cluster capabilities (one scheduler round trip)."""
+    def context(self) -> tuple[ClusterView, OptimizationPolicy]:
+        """What the next batch is planned with, in one scheduler round trip.
+
+        The cluster's current capabilities, and the optimization policy: this
+        engine's level, else the cluster's.
+        """
         try:
-            rows = self.client.sync(self.client.scheduler.qdask_resources)
+            ctx = self.client.sync(self.client.scheduler.qdask_batch_context)
         except Exception as e:
-            if "qdask_resources" not in str(e):
+            if "qdask_batch_context" not in str(e):
                 raise
             raise RuntimeError(
-                f"the scheduler at {self.client.scheduler.address} has no qdask plugin. "
+                f"the scheduler at {self.client.scheduler.address} has no qdask plugin (of this version). "
                 "Fix: use qdask.QuantumCluster, or start it with `dask scheduler --preload qdask.plugins.scheduler`."
             ) from e
-        return ClusterView.from_rows(rows)
-
-    def policy(self) -> OptimizationPolicy:
-        """The optimization policy of the next batch: this engine's level, else the cluster's."""
-        level = self.optimization_level
-        if level is None:
-            try:
-                level = self.client.sync(self.client.scheduler.qdask_optimization_level)
-            except Exception as e:
-                if "qdask_optimization_level" not in str(e):
-                    raise
-                level = config.get("hybrid.optimization-level")  # a scheduler from before levels
-        return OptimizationPolicy.for_level(level)
+        level = self.optimization_level or ctx["optimization_level"]
+        return ClusterView.from_rows(ctx["resources"]), OptimizationPolicy.for_level(level)
 
     # -- submit ------------------------------------------------------------------
     def submit(
@@ -174,8 +166,7 @@ class Engine:
         otherwise post-process in a second task saves that hop, which behind
         a backlog means waiting for another free slot (``Sampler.submit``).
         """
-        view = self.view()
-        policy = self.policy()
+        view, policy = self.context()
         with paused_gc():
             jobs = build_jobs(
                 programs,

@@ -24,9 +24,10 @@ set priorities and restrictions and before any task is transitioned:
    worker at once, where it waits; a worker that turns out slower than
    estimated (another load on its core) or one that joins later gets that
    work only if stealing moves it, which Dask does late and for long tasks
-   only. When *every* worker can run a circuit chunk (a quantum worker with
-   a slot per thread and room for two such states per thread, and the chunk
-   asks for nothing else, no GPU, no device route), its restrictions are
+   only. When *every* worker can run a circuit chunk of normal or low
+   priority (a quantum worker with a slot per thread and room for two such
+   states per thread, and the chunk asks for nothing else, no GPU, no device
+   route), its restrictions are
    dropped, so Dask's own queuing (``worker-saturation``) keeps it on the
    scheduler and hands it to whichever worker frees a thread first. A worker
    that joins and could not run such a queued chunk (classical, smaller)
@@ -167,6 +168,11 @@ class Placement:
     def _pullable(self, request: dict[str, float] | None, meta: dict[str, Any]) -> bool:
         """Rule 5: every worker can run this chunk on every thread, and it asks for nothing else."""
         if not request or set(request) - {QUANTUM, STATEVECTOR_BYTES} or meta.get("route"):
+            return False
+        if meta.get("priority", 0) > 0:
+            # Urgent work goes straight to a worker's queue, where it runs next;
+            # from the scheduler's queue it would wait for a slot behind the
+            # chunk each worker already holds.
             return False
         workers = self.scheduler.workers.values()
         return bool(workers) and all(_fits_every_thread(ws, request) for ws in workers)

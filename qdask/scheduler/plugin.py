@@ -43,6 +43,8 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
 
     ``qdask_resources``
         one row per worker: capabilities, resources and what is in use.
+    ``qdask_batch_context``
+        those rows and the optimization level, what a client plans a batch with.
     ``qdask_registry_events``
         joins and leaves with their times and causes.
     ``qdask_monitor_*``, ``qdask_metrics``, ``qdask_analyze``, ...
@@ -108,6 +110,7 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
         scheduler.handlers.update(
             {
                 "qdask_resources": self._resources_handler,
+                "qdask_batch_context": self._batch_context_handler,
                 "qdask_registry_events": self._events_handler,
                 "qdask_balancer_configure": self._balancer_configure,
                 "qdask_balancer_stop": self._balancer_stop,
@@ -186,6 +189,12 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
 
     def _resources_handler(self) -> list[dict[str, Any]]:
         return self.resources()
+
+    def _batch_context_handler(self) -> dict[str, Any]:
+        # What the client plans a batch with, in one round trip (Sampler.submit
+        # latency: two calls cost a second trip through a busy scheduler).
+        assert self.routing is not None
+        return {"resources": self.resources(), "optimization_level": self.routing.level()}
 
     async def _balancer_configure(self, config: dict[str, Any]) -> dict[str, Any]:
         assert self.balancer is not None
