@@ -183,6 +183,8 @@ def test_circuit_chunks_are_pulled_by_free_workers_and_restricted_again_when_an_
         # Every worker can run them: no restrictions, so Dask queued them on the
         # scheduler (all but the first few, sent before their group looked root-ish).
         assert not any(r for s, r in states if s == "queued")
+        # Each worker holds its blocker and at least one pulled chunk: resources() counts both.
+        assert all(r["used_resources"][QUANTUM] >= 2 for r in qc.resources())
         # A classical worker joins: it could not run them, so they are restricted again.
         template = qc.cluster.new_spec
         options = {**template["options"], "plugins": spec.worker_plugins("classical")}

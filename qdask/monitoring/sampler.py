@@ -32,6 +32,7 @@ from qdask.monitoring import aggregate, analysis, prometheus
 from qdask.monitoring.events import EventStore
 from qdask.monitoring.tracing import ChromeTrace
 from qdask.monitoring.worker import METRIC
+from qdask.scheduler.placement import used_resources
 from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES
 
 if TYPE_CHECKING:
@@ -66,12 +67,13 @@ def _priority(ts: TaskState, ann: dict[str, Any]) -> int:
 def worker_resources(ws: WorkerState) -> dict[str, float]:
     """Capacity and use of one worker's qdask resources.
 
-    ``used_resources`` counts every circuit task the scheduler assigned to the
-    worker, including those waiting there for a slot (Dask sends restricted
-    tasks at once), so "busy" is the use capped at the capacity and the rest is
-    the worker's queue.
+    The use counts every circuit task the scheduler assigned to the worker,
+    including those waiting there for a slot (Dask sends restricted tasks at
+    once; pulled chunks, see :func:`qdask.scheduler.placement.used_resources`,
+    up to ``worker-saturation``), so "busy" is the use capped at the capacity
+    and the rest is the worker's queue.
     """
-    res, used = ws.resources, ws.used_resources
+    res, used = ws.resources, used_resources(ws)
     slots = res.get(QUANTUM, 0.0)
     used_slots = used.get(QUANTUM, 0.0)
     sv = res.get(STATEVECTOR_BYTES, 0.0)

@@ -48,12 +48,15 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import format_bytes
 
 from qdask import config
-from qdask.worker.discovery import GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
+from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
 logger = logging.getLogger(__name__)
+
+#: Key, in a pulled chunk's ``qdask`` annotation, of the restrictions it was relieved of.
+PULLED = "pulled"
 
 #: Pulled chunks tracked before those no longer queued are dropped from the record.
 PRUNE_AT = 4096
@@ -146,8 +149,10 @@ class Placement:
                 if self._pullable(ts.resource_restrictions, meta):
                     if len(self.pulled) >= PRUNE_AT:
                         self._prune()
-                    self.pulled[key] = ts.resource_restrictions
+                    self.pulled[key] = request = ts.resource_restrictions
                     ts.resource_restrictions = None
+                    # Kept on the task for used_resources (a new dict: a graph's tasks share one).
+                    ts.annotations = {**ts.annotations, ANNOTATION: {**meta, PULLED: request}}
             if "est_seconds" in meta and ts.prefix.duration_average < 0:
                 ts.prefix.duration_average = float(meta["est_seconds"])
         unsatisfiable = [
@@ -235,6 +240,20 @@ class Placement:
             i = len(base) - 1
             return (*base[:i], ws.resources.get(STATEVECTOR_BYTES, 0.0), *base[i:])
         return base
+
+
+def used_resources(ws: WorkerState) -> dict[str, float]:
+    """Resources in use on ``ws``: Dask's accounting plus the requests of the pulled chunks it holds (rule 5).
+
+    Dask counts only restricted tasks; a pulled chunk sent to the worker
+    holds its slot and state all the same.
+    """
+    used = dict(ws.used_resources)
+    for ts in ws.processing:
+        request = ((ts.annotations or {}).get(ANNOTATION) or {}).get(PULLED)
+        for r, v in (request or {}).items():
+            used[r] = used.get(r, 0.0) + v
+    return used
 
 
 def _fits_every_thread(ws: WorkerState, request: dict[str, float]) -> bool:

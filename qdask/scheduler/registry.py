@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from qdask.scheduler.placement import used_resources
 from qdask.worker.discovery import Capabilities
 from qdask.worker.plugin import STARTUP_KEY
 
@@ -43,7 +44,9 @@ class ResourceRegistry:
     The capabilities come from the :class:`~qdask.worker.plugin.QuantumWorkerPlugin`:
     in the worker's registration (``WorkerState.extra["qdask"]``) or, for a plugin
     registered later, in a ``qdask-capabilities`` event. Current use is Dask's
-    own accounting (``WorkerState.used_resources``), read at snapshot time.
+    own accounting (``WorkerState.used_resources``) plus the chunks placement
+    let Dask queue unrestricted (:func:`qdask.scheduler.placement.used_resources`),
+    read at snapshot time.
     """
 
     def __init__(self, scheduler: Scheduler, history: int = 10_000) -> None:
@@ -106,7 +109,7 @@ class ResourceRegistry:
                     "gpus": len(caps.gpus) if caps else 0,
                     "backends": list(caps.backends) if caps else [],
                     "resources": dict(ws.resources),
-                    "used_resources": {k: v for k, v in ws.used_resources.items() if k in ws.resources},
+                    "used_resources": {k: v for k, v in used_resources(ws).items() if k in ws.resources},
                     "processing": len(ws.processing),
                     "joined": rec.joined if rec else None,
                     "cost_model": dict(caps.cost_model) if caps else {},
