@@ -27,11 +27,13 @@ set priorities and restrictions and before any task is transitioned:
    only. When *every* worker can run a circuit chunk of normal or low
    priority (a quantum worker with a slot per thread and room for two such
    states per thread, and the chunk asks for nothing else, no GPU, no device
-   route), its restrictions are
-   dropped, so Dask's own queuing (``worker-saturation``) keeps it on the
-   scheduler and hands it to whichever worker frees a thread first. A worker
-   that joins and could not run such a queued chunk (classical, smaller)
-   makes those chunks restricted again before it gets any.
+   route), its restrictions are dropped, so Dask's own queuing
+   (``worker-saturation``) keeps it on the scheduler and hands it to
+   whichever worker frees a thread first. A worker that joins and could not
+   run such a chunk (classical, smaller) makes the queued ones restricted
+   again before it gets any, and pins those already sent to the capable
+   workers. :func:`used_resources` counts pulled chunks as Dask counts
+   restricted ones.
 6. **Never hang.** A task whose resource request no current worker can
    satisfy fails at once with :class:`UnsatisfiableError` naming the request
    and what the cluster offers; tasks whose capable workers leave later fail
@@ -196,7 +198,7 @@ class Placement:
         if ws is None or all(_fits_every_thread(ws, r) for r in self.pulled.values()):
             return
         logger.info("worker %s cannot run every pulled circuit chunk: %d chunk(s) restricted again", address, len(self.pulled))
-        capable = {a for a, w in s.workers.items() if a != address}
+        capable = {a for a in s.workers if a != address}
         queued = []
         for key, request in self.pulled.items():
             ts = s.tasks[key]
