@@ -6,6 +6,7 @@ import time
 
 import dask
 import pytest
+from _polling import wait_for
 from distributed import get_worker
 from distributed.scheduler import NoValidWorkerError
 
@@ -168,17 +169,15 @@ def test_circuit_chunks_are_pulled_by_free_workers_and_restricted_again_when_an_
         # Both quantum threads busy: the batch's chunks must wait somewhere.
         with dask.annotate(qdask={"qubits": 10}):
             blockers = [client.submit(where, 8.0, pure=False, key=f"blocker-{i}") for i in range(2)]
-        while client.run_on_scheduler(lambda dask_scheduler: sum(len(ws.processing) for ws in dask_scheduler.workers.values())) < 2:
-            time.sleep(0.05)
+        wait_for(lambda: client.run_on_scheduler(lambda dask_scheduler: sum(len(ws.processing) for ws in dask_scheduler.workers.values())) >= 2,
+                 timeout=30, what="both blockers on their workers")
         q = cirq.LineQubit.range(8)
         circuits = [cirq.testing.random_circuit(q, 10, 0.8, random_state=i) + cirq.measure(*q, key="m") for i in range(60)]
         pool = ThreadPoolExecutor(1)
         with dask.config.set({"qdask.quantum.chunk-duration": "1ms"}):  # a chunk per circuit
             pending = pool.submit(qdask.Sampler(client, seed=1).run_batch, circuits, repetitions=10)
-            deadline = time.monotonic() + 10
-            while sum(s == "queued" for s, _ in client.run_on_scheduler(_chunk_states)) < 50:
-                assert time.monotonic() < deadline, "the chunks were not queued on the scheduler"
-                time.sleep(0.05)
+            wait_for(lambda: sum(s == "queued" for s, _ in client.run_on_scheduler(_chunk_states)) >= 50,
+                     timeout=10, what="50 chunks queued on the scheduler")
         states = client.run_on_scheduler(_chunk_states)
         # Every worker can run them: no restrictions, so Dask queued them on the
         # scheduler (all but the first few, sent before their group looked root-ish).

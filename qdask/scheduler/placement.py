@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 #: Key, in a pulled chunk's ``qdask`` annotation, of the restrictions it was relieved of.
 PULLED = "pulled"
 
-#: Pulled chunks tracked before those no longer queued are dropped from the record.
+#: Pulled chunks recorded before the first pass drops those no longer waiting.
 PRUNE_AT = 4096
 
 #: Priority classes of the contract, as Dask priorities (higher runs first).
@@ -122,6 +122,9 @@ class Placement:
         self.scheduler = scheduler
         #: Chunks whose restrictions were dropped (rule 5): key -> the restrictions.
         self.pulled: dict[Any, dict[str, float]] = {}
+        # Twice what the last pass kept: pruning stays amortized O(1) per chunk
+        # even when thousands of chunks wait at once.
+        self._prune_at = PRUNE_AT
         self._objective = scheduler.worker_objective
         # Private lever (DASK_NOTES): the instance attribute shadows the method.
         scheduler.worker_objective = self.worker_objective  # type: ignore[method-assign]
@@ -149,7 +152,7 @@ class Placement:
                 if ts.priority:
                     ts.priority = (ts.priority[0], ts.priority[1], -float(meta.get("est_seconds", 0.0)))
                 if self._pullable(ts.resource_restrictions, meta):
-                    if len(self.pulled) >= PRUNE_AT:
+                    if len(self.pulled) >= self._prune_at:
                         self._prune()
                     self.pulled[key] = request = ts.resource_restrictions
                     ts.resource_restrictions = None
@@ -171,6 +174,7 @@ class Placement:
     def _prune(self) -> None:
         s = self.scheduler
         self.pulled = {k: r for k, r in self.pulled.items() if k in s.tasks and s.tasks[k].state in ("queued", "processing")}
+        self._prune_at = max(PRUNE_AT, 2 * len(self.pulled))
 
     def _pullable(self, request: dict[str, float] | None, meta: dict[str, Any]) -> bool:
         """Rule 5: every worker can run this chunk on every thread, and it asks for nothing else."""
