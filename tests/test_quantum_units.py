@@ -124,6 +124,16 @@ def test_chunks_per_slot_and_short_chunks_for_low_priority_backlogs():
         low = target_chunk_seconds(jobs, VIEW, priority=resolve_priority("low"))
     assert low == 0.05 < normal
     assert len(make_chunks(jobs, VIEW, low)) == pytest.approx(total / low, abs=2) and total / low > 32
+    # As a ceiling (the engine's backlogs): no chunk of several circuits runs past it.
+    backlog = make_chunks(jobs, VIEW, low, ceiling=True)
+    assert all(c.est_seconds <= low for c in backlog if len(c.tasks) > 1)
+    assert sum(c.est_seconds for c in backlog) == pytest.approx(total) and len(backlog) <= 1.6 * total / low
+    # Circuits of over half the ceiling run one per chunk: an urgent one waits for one of them at most.
+    wide = build_jobs([_random(16, depth=20, seed=i) for i in range(6)], [None] * 6, [10] * 6, work="sample",
+                      simulator="qsim", view=VIEW, seeds=SeedSource(1))
+    each = min(j.est_seconds for j in wide)
+    assert [len(c.tasks) for c in make_chunks(wide, VIEW, 1.9 * each, ceiling=True)] == [1] * 6
+    assert max(len(c.tasks) for c in make_chunks(wide, VIEW, 1.9 * each)) == 2
 
 
 def test_per_repetition_jobs_split_into_seeded_blocks():
@@ -232,6 +242,57 @@ def test_hand_off_holds_the_next_chunk_until_the_result_is_fetched_or_the_limit(
     t0 = time.monotonic()
     hand_off.wait(worker)  # nothing fetched: released at the limit, then disarmed
     assert time.monotonic() - t0 >= 0.05 and hand_off.deadline == 0.0
+
+
+def test_inbox_lets_the_event_loop_handle_a_message_before_the_next_circuit_holds_the_gil():
+    """A message needs several turns of the worker's loop; qsim holds the GIL through each circuit."""
+    import asyncio
+    import socket
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import qsimcirq
+
+    from qdask.quantum.execute import Inbox
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    scheduler_end, worker_end = socket.socketpair()
+    worker_end.setblocking(False)
+    handled: list[float] = []
+
+    def read() -> None:  # like Dask's comm: read, then two more turns to handle the message
+        worker_end.recv(64)
+        loop.call_soon(loop.call_soon, lambda: handled.append(time.perf_counter()))
+
+    loop.call_soon_threadsafe(loop.add_reader, worker_end, read)
+    turns: list[int] = []
+
+    def add_callback(fn, *args):
+        turns.append(1)
+        loop.call_soon_threadsafe(fn, *args)
+
+    worker = SimpleNamespace(loop=SimpleNamespace(add_callback=add_callback),
+                             batched_stream=SimpleNamespace(comm=SimpleNamespace(stream=SimpleNamespace(socket=worker_end))))
+    circuit = _random(21, depth=12, seed=3)
+    sim = qsimcirq.QSimSimulator()
+    try:
+        inbox = Inbox(worker)
+        inbox.since = 0.0  # as after a long circuit
+        inbox.after_circuit()
+        assert not turns  # nothing to read: no wait
+        scheduler_end.send(b"compute-task")
+        inbox.since = 0.0
+        inbox.after_circuit()
+        started = time.perf_counter()
+        sim.run(circuit, repetitions=1)  # holds the GIL throughout
+        assert len(turns) == Inbox.TURNS + 1 and handled and handled[0] < started
+        assert not Inbox(SimpleNamespace(loop=None, batched_stream=None)).socket  # not a TCP comm: not polled
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        scheduler_end.close()
+        worker_end.close()
 
 
 def test_pack_unpack_roundtrip_is_compact():

@@ -187,7 +187,7 @@ class Engine:
             paths = [j for j in todo if j.backend == QSIMH and policy.split_paths]
             todo = [j for j in todo if not (j.backend == QSIMH and policy.split_paths)]
             prio = self.priority if priority is None else resolve_priority(priority)
-            chunks = make_chunks(todo, view, target_chunk_seconds(todo, view, prio), policy)
+            chunks = make_chunks(todo, view, target_chunk_seconds(todo, view, prio), policy, ceiling=prio < 0)
         sub = Submission(jobs, chunks, [], guard=guard, priority=prio)
         sub.finished = finish is not None and guard is None and not paths and len(chunks) == 1
         # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).

@@ -13,6 +13,9 @@ import io
 import itertools
 import logging
 import pickle
+import select
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -188,6 +191,58 @@ class HandOff:
 _HAND_OFF = HandOff()
 
 
+class Inbox:
+    """Let a worker's event loop take in the scheduler's messages between long circuits.
+
+    qsim holds the GIL through each simulation, so the worker's event loop
+    runs only between circuits, and it needs several turns to read and handle
+    one message: each turn ends by waiting on its selector (GIL released),
+    the chunk starts its next circuit, and the next turn waits for all of it.
+    Behind 20-qubit backlog circuits the scheduler's ``compute-task`` for an
+    urgent circuit reached the worker's state machine 40-80 ms after it was
+    sent (``benchmarks/balance.py`` scenario d); steal requests wait alike.
+    So after a circuit that held the GIL past its switch interval, the chunk
+    looks whether the scheduler's stream has data, and only then waits (GIL
+    released) for :data:`TURNS` turns of the loop, at most :data:`LIMIT`
+    seconds: a few microseconds per circuit otherwise.
+    """
+
+    #: Turns of the event loop to wait for: read the frames, resume the
+    #: reading coroutine, handle the message.
+    TURNS = 4
+    LIMIT = 0.05
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        comm = getattr(getattr(worker, "batched_stream", None), "comm", None)
+        # TCP and TLS comms read a socket; other comms (inproc, UCX) are not polled.
+        self.socket = getattr(getattr(comm, "stream", None), "socket", None)
+        self.since = time.perf_counter()
+
+    def after_circuit(self) -> None:
+        now = time.perf_counter()
+        if self.socket is None or now - self.since < sys.getswitchinterval():
+            return  # the interpreter hands the GIL to the loop often enough
+        self.since = now
+        try:
+            readable, _, _ = select.select([self.socket], [], [], 0)
+        except (OSError, ValueError):  # closed while the worker shuts down
+            self.socket = None
+            return
+        if readable:
+            done = threading.Event()
+
+            def turn(left: int) -> None:
+                if left:
+                    self.worker.loop.add_callback(turn, left - 1)
+                else:
+                    done.set()
+
+            self.worker.loop.add_callback(turn, self.TURNS)
+            done.wait(self.LIMIT)
+            self.since = time.perf_counter()
+
+
 def run_chunk_then(finish: Callable[..., Any], jobs: list[Any], blob: bytes, *, urgent: bool = False) -> Any:
     """The Dask task of a one-chunk batch whose caller post-processes on the worker (``Engine.submit(finish=...)``).
 
@@ -267,12 +322,16 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
     worker = _current_worker()
     if worker is not None:
         _HAND_OFF.wait(worker)
+    inbox = Inbox(worker) if worker is not None else None
     with paused_gc():
         tasks: list[Task] = pickle.loads(blob)
         begin_chunk(len(tasks))  # fault tolerance: isolation of a retry, start report (qdask.fault)
         address = worker.address if worker is not None else ""
         results: list[TaskResult] = []
         for key, group in itertools.groupby(tasks, key=_sweep_key):
-            run = [run_task(t, address) for t in group] if key is None else run_expectation_sweep(list(group), address)
-            results.extend(run)
+            # One sweep is one qsim call; other tasks run one by one.
+            for run in ([[t] for t in group] if key is None else [list(group)]):
+                results.extend([run_task(run[0], address)] if key is None else run_expectation_sweep(run, address))
+                if inbox is not None:
+                    inbox.after_circuit()
         return results

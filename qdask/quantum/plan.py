@@ -335,9 +335,15 @@ def target_chunk_seconds(jobs: list[Job], view: ClusterView, priority: int = 0) 
 
 
 def make_chunks(
-    jobs: list[Job], view: ClusterView, target: float, policy: OptimizationPolicy | None = None
+    jobs: list[Job], view: ClusterView, target: float, policy: OptimizationPolicy | None = None, *, ceiling: bool = False
 ) -> list[Chunk]:
     """Pack small jobs into chunks of about ``target`` seconds; big jobs run alone.
+
+    ``ceiling`` (a backlog below normal priority): no chunk of several jobs
+    exceeds ``target``. A worker switches only between tasks, and qsim holds
+    the GIL through each circuit, so a higher-priority circuit waits for the
+    rest of the running chunk: at most one backlog circuit or ``target``,
+    whichever is longer.
 
     Chunks taper at the end of the batch (guided self-scheduling): once the
     work left is under ``2 * slots * target``, each chunk takes a
@@ -382,6 +388,8 @@ def make_chunks(
                 chunks.append(Chunk([task], est, job.memory, job.info.num_qubits, _route(job.work, policy)))
             left -= job.est_seconds
             continue
+        if ceiling and small and small_est + job.est_seconds > target:
+            flush()
         small.append(_task(job, job.seeds, 0, job.repetitions, 1, policy))
         small_est += job.est_seconds
         small_mem = max(small_mem, job.memory)
