@@ -337,6 +337,13 @@ def test_expectation_points_of_a_chunk_run_as_one_qsimcirq_sweep(monkeypatch):
     (chunk,) = make_chunks(jobs, VIEW, target=1.0)
     blob = dump_tasks(chunk.tasks)
     assert b"cloudpickle" not in blob  # PauliSum goes by its terms, through the fast pickler
+    # cirq's default qubit order holds a lambda: it goes by name, and loads as the same object.
+    (default,) = make_chunks(build_jobs([circuit], [points], [1], work="expectation", simulator="qsim", view=VIEW,
+                                        seeds=SeedSource(5), extra=[{"observables": [obs], "qubit_order": cirq.QubitOrder.DEFAULT,
+                                                                     "initial_state": 0}]), VIEW, target=1.0)
+    default_blob = dump_tasks(default.tasks)
+    assert b"cloudpickle" not in default_blob
+    assert pickle.loads(default_blob)[0].extra["qubit_order"] is cirq.QubitOrder.DEFAULT
     calls = []
     sweep = bk.QSimBackend.expectation_sweep
     monkeypatch.setattr(bk.QSimBackend, "expectation_sweep", lambda self, *args: calls.append(args) or sweep(self, *args))

@@ -287,9 +287,17 @@ def _pauli_sum(value: cirq.PauliSum) -> tuple[Any, tuple[Any, ...]]:
     return cirq.PauliSum.from_pauli_strings, (tuple(value),)
 
 
+def _qubit_order(value: cirq.QubitOrder) -> tuple[Any, tuple[Any, ...]]:
+    if value is cirq.QubitOrder.DEFAULT:
+        return getattr, (cirq.QubitOrder, "DEFAULT")
+    raise pickle.PicklingError("a QubitOrder other than DEFAULT holds a function: cloudpickle sends it")
+
+
 # A PauliSum holds a lambda (its LinearDict's validator) that pickle cannot
-# send by reference; its terms can, and rebuild the same sum.
-_DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum}
+# send by reference; its terms can, and rebuild the same sum. The default
+# qubit order (what every expectation value or state of a caller who names
+# none carries) is a lambda too, and goes by name.
+_DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum, cirq.QubitOrder: _qubit_order}
 
 
 def dump_tasks(tasks: list[Task]) -> bytes:
