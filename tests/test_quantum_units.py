@@ -295,6 +295,15 @@ def test_inbox_lets_the_event_loop_handle_a_message_before_the_next_circuit_hold
         worker_end.close()
 
 
+def test_dask_sizes_a_result_by_its_payload():
+    from dask.sizeof import sizeof
+
+    from qdask.quantum.execute import TaskResult, _nbytes
+
+    state = np.zeros(2**20, dtype=np.complex64)  # what a 20-qubit final state holds: 8 MiB
+    assert sizeof([TaskResult(0, 0, "qsim", 0.1, "w", state, _nbytes(state))] * 3) >= 3 * state.nbytes
+
+
 def test_pack_unpack_roundtrip_is_compact():
     rng = np.random.default_rng(0)
     rec = {"m": rng.integers(0, 2, size=(1000, 1, 20)).astype(np.int8), "q": np.full((1000, 1, 1), 2, np.int8)}

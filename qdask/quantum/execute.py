@@ -24,6 +24,7 @@ from typing import Any
 import cirq
 import cloudpickle
 import numpy as np
+from dask.sizeof import sizeof
 
 from qdask import config
 from qdask.fault.worker import begin_chunk, report_quantum_error
@@ -68,6 +69,14 @@ def unpack_records(packed: dict[str, tuple[np.ndarray, tuple[int, ...], bool]]) 
         else:
             out[key] = np.asarray(data, dtype=np.int8).reshape(shape)
     return out
+
+
+@sizeof.register(TaskResult)
+def _sizeof_result(result: TaskResult) -> int:
+    # Dask sizes a result to account worker memory (spilling, pausing): without
+    # this it walks a chunk's results generically on the worker's event loop
+    # and counts a held state vector as a few hundred bytes.
+    return result.nbytes + 200
 
 
 def _nbytes(payload: Any) -> int:
