@@ -161,7 +161,7 @@ def test_churn_every_2s_until_1000_wider_circuits_are_done(tmp_path):
 #:   done <time> <worker> <task key> circuit <i>: ...     qdask's own DEBUG line after each circuit
 HOOK = textwrap.dedent(
     """
-    import logging, os, pickle, time
+    import logging, os, time
     from distributed import get_worker
     import qdask.quantum.execute as execute
 
@@ -183,7 +183,7 @@ HOOK = textwrap.dedent(
         run_chunk = execute.run_chunk
 
         def logged_run_chunk(blob):  # chunk tasks unpickle execute.run_chunk by name: this one
-            indexes = ",".join(str(t.index) for t in pickle.loads(blob))
+            indexes = ",".join(str(t.index) for t in execute.load_tasks(blob))
             write("start", time.time(), get_worker().get_current_task(), indexes)
             return run_chunk(blob)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import sympy
 from qdask.quantum import backends as bk
 from qdask.quantum.analysis import analyze
 from qdask.quantum.cost import CostModel
-from qdask.quantum.execute import dump_tasks, pack_records, unpack_records
+from qdask.quantum.execute import dump_tasks, load_tasks, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority, target_chunk_seconds
 
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
@@ -352,7 +351,7 @@ def test_expectation_points_of_a_chunk_run_as_one_qsimcirq_sweep(monkeypatch):
                                                                      "initial_state": 0}]), VIEW, target=1.0)
     default_blob = dump_tasks(default.tasks)
     assert b"cloudpickle" not in default_blob
-    assert pickle.loads(default_blob)[0].extra["qubit_order"] is cirq.QubitOrder.DEFAULT
+    assert load_tasks(default_blob)[0].extra["qubit_order"] is cirq.QubitOrder.DEFAULT
     calls = []
     sweep = bk.QSimBackend.expectation_sweep
     monkeypatch.setattr(bk.QSimBackend, "expectation_sweep", lambda self, *args: calls.append(args) or sweep(self, *args))
@@ -374,7 +373,7 @@ def test_expectation_points_of_a_chunk_run_as_one_qsimcirq_sweep(monkeypatch):
 def test_dump_tasks_sends_classes_from_main_by_value():
     # The fast standard pickler would refer to __main__.Shifted, which a worker cannot load.
     blob = subprocess.run([sys.executable, "-c", MAIN_GATE], capture_output=True, check=True).stdout
-    (circuit,) = pickle.loads(blob)
+    (circuit,) = load_tasks(blob)
     np.testing.assert_allclose(cirq.unitary(circuit[:1]), cirq.unitary(cirq.X))
 
 
@@ -388,9 +387,30 @@ def test_dump_tasks_falls_back_for_local_classes_and_keeps_module_ones_fast():
 
     q = cirq.LineQubit(0)
     local = cirq.Circuit(Local().on(q))
-    assert cirq.unitary(pickle.loads(dump_tasks([local]))[0]) == pytest.approx(cirq.unitary(cirq.Z))
+    assert cirq.unitary(load_tasks(dump_tasks([local]))[0]) == pytest.approx(cirq.unitary(cirq.Z))
     plain = [cirq.Circuit(cirq.H(q), cirq.measure(q, key="m"))]
-    assert dump_tasks(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+    blob = dump_tasks(plain)
+    assert b"cloudpickle" not in blob and load_tasks(blob) == plain
+
+
+def test_a_batch_pickles_its_shared_circuit_and_observable_once_and_a_worker_loads_them_once():
+    q = cirq.LineQubit.range(4)
+    t = sympy.Symbol("t")
+    circuit = cirq.Circuit(cirq.H.on_each(*q), [cirq.ZZ(a, b) ** t for a, b in zip(q, q[1:])])
+    obs = cirq.PauliSum.from_pauli_strings([cirq.Z(a) * cirq.Z(b) for a, b in zip(q, q[1:])])
+    points = [cirq.ParamResolver({t: 0.1 * i}) for i in range(8)]
+    jobs = build_jobs([circuit], [points], [1], work="expectation", simulator="qsim", view=VIEW, seeds=SeedSource(5),
+                      extra=[{"observables": [obs], "qubit_order": cirq.QubitOrder.DEFAULT}])
+    chunks = make_chunks(jobs, VIEW, target=jobs[0].est_seconds * 2.5)
+    assert len(chunks) >= 3
+    shared: dict = {}
+    blobs = [dump_tasks(c.tasks, shared) for c in chunks]
+    assert len(shared) == 2  # one circuit, one observable, for every chunk of the batch
+    loaded = [load_tasks(b) for b in blobs]
+    tasks = [t for chunk in loaded for t in chunk]
+    assert all(t.circuit is tasks[0].circuit for t in tasks)  # loaded once on this "worker"
+    assert tasks[0].circuit == circuit and tasks[-1].extra["observables"][0] == obs
+    assert [t.resolver for t in tasks] == [t.resolver for c in chunks for t in c.tasks]
 
 
 def test_backend_choice():

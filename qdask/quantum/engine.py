@@ -191,9 +191,10 @@ class Engine:
         sub = Submission(jobs, chunks, [], guard=guard, priority=prio)
         sub.finished = finish is not None and guard is None and not paths and len(chunks) == 1
         # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).
+        shared: dict[int, Any] = {}  # circuits and observables, pickled once for all chunks
         with dask.annotate(**(guard.annotations if guard is not None else {})):
             for chunk in chunks:
-                blob = dump_tasks(chunk.tasks)
+                blob = dump_tasks(chunk.tasks, shared)
                 sub.circuit_bytes += len(blob)
                 run = partial(run_chunk_then, finish, jobs, urgent=prio > 0) if sub.finished else run_chunk
                 sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio))
