@@ -413,6 +413,17 @@ def test_a_batch_pickles_its_shared_circuit_and_observable_once_and_a_worker_loa
     assert [t.resolver for t in tasks] == [t.resolver for c in chunks for t in c.tasks]
 
 
+def test_a_worker_keeps_few_shared_objects():
+    from qdask.quantum.execute import _Loaded
+
+    loaded = _Loaded(size=2, max_bytes=10_000)
+    blobs = [dump_tasks([i]) for i in range(3)]
+    assert [loaded.get(b) for b in blobs] == [[0], [1], [2]] and list(loaded.objects) == blobs[1:]
+    big = dump_tasks([bytes(20_000)])
+    assert loaded.get(big)[0] == bytes(20_000) and list(loaded.objects) == [big]  # over the bytes: only the newest
+    assert loaded.get(big) is loaded.get(big) and loaded.nbytes == len(big)
+
+
 def test_backend_choice():
     q = cirq.LineQubit.range(6)
     clifford = analyze(cirq.Circuit(cirq.H.on_each(*q), cirq.CNOT(q[0], q[1]), cirq.measure(*q, key="m")))

@@ -377,11 +377,16 @@ class _ChunkUnpickler(pickle.Unpickler):
 
 
 class _Loaded:
-    """The last few shared objects this worker loaded, by blob: a batch's chunks share them."""
+    """The shared objects this worker loaded last, by blob: a batch's chunks share them.
 
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
+    At most ``size`` objects and about ``max_bytes`` of blobs are kept (the
+    newest always), so a worker does not hold a finished batch's circuits long.
+    """
+
+    def __init__(self, size: int = 16, max_bytes: int = 64 * 2**20) -> None:
+        self.size, self.max_bytes = size, max_bytes
         self.objects: dict[bytes, Any] = {}
+        self.nbytes = 0
         self.lock = threading.Lock()
 
     def get(self, blob: bytes) -> Any:
@@ -390,9 +395,12 @@ class _Loaded:
         if obj is None:
             obj = pickle.loads(blob)
             with self.lock:
-                self.objects[blob] = obj
-                while len(self.objects) > self.size:
-                    del self.objects[next(iter(self.objects))]
+                if blob not in self.objects:
+                    self.objects[blob] = obj
+                    self.nbytes += len(blob)
+                while len(self.objects) > 1 and (len(self.objects) > self.size or self.nbytes > self.max_bytes):
+                    self.nbytes -= len(oldest := next(iter(self.objects)))
+                    del self.objects[oldest]
         return obj
 
 
