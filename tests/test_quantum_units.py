@@ -16,7 +16,7 @@ import sympy
 from qdask.quantum import backends as bk
 from qdask.quantum.analysis import analyze
 from qdask.quantum.cost import CostModel
-from qdask.quantum.execute import dump_tasks, load_tasks, pack_records, unpack_records
+from qdask.quantum.execute import Shared, dump_tasks, load_tasks, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority, target_chunk_seconds
 
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
@@ -401,16 +401,20 @@ def test_a_batch_pickles_its_shared_circuit_and_observable_once_and_a_worker_loa
     points = [cirq.ParamResolver({t: 0.1 * i}) for i in range(8)]
     jobs = build_jobs([circuit], [points], [1], work="expectation", simulator="qsim", view=VIEW, seeds=SeedSource(5),
                       extra=[{"observables": [obs], "qubit_order": cirq.QubitOrder.DEFAULT}])
-    chunks = make_chunks(jobs, VIEW, target=jobs[0].est_seconds * 2.5)
+    chunks = [c.tasks for c in make_chunks(jobs, VIEW, target=jobs[0].est_seconds * 2.5)]
     assert len(chunks) >= 3
-    shared: dict = {}
-    blobs = [dump_tasks(c.tasks, shared) for c in chunks]
-    assert len(shared) == 2  # one circuit, one observable, for every chunk of the batch
+    other = build_jobs([_random(5, seed=9)], [None], [1], work="sample", simulator="qsim", view=VIEW,
+                       seeds=SeedSource(1))
+    chunks[0] += make_chunks(other, VIEW, target=1.0)[0].tasks  # in one chunk only: inline, in its pickle memo
+    shared = Shared(chunks)
+    blobs = [dump_tasks(c, shared) for c in chunks]
+    assert len(shared.blobs) == 2 and id(other[0].circuit) not in shared.objects  # one circuit, one observable
     loaded = [load_tasks(b) for b in blobs]
-    tasks = [t for chunk in loaded for t in chunk]
+    tasks = [t for chunk in loaded for t in chunk if t.work == "expectation"]
     assert all(t.circuit is tasks[0].circuit for t in tasks)  # loaded once on this "worker"
     assert tasks[0].circuit == circuit and tasks[-1].extra["observables"][0] == obs
-    assert [t.resolver for t in tasks] == [t.resolver for c in chunks for t in c.tasks]
+    assert [t.resolver for t in tasks] == [t.resolver for c in chunks for t in c if t.work == "expectation"]
+    assert loaded[0][-1].circuit == other[0].circuit
 
 
 def test_a_worker_keeps_few_shared_objects():

@@ -26,7 +26,7 @@ from qdask.fault.batch import BatchGuard
 from qdask.hybrid import schrodinger_feynman
 from qdask.hybrid.levels import OptimizationPolicy
 from qdask.quantum.backends import QSIMH
-from qdask.quantum.execute import TaskResult, dump_tasks, paused_gc, run_chunk, run_chunk_then, unpack_records
+from qdask.quantum.execute import Shared, TaskResult, dump_tasks, paused_gc, run_chunk, run_chunk_then, unpack_records
 from qdask.quantum.plan import (
     Chunk,
     ClusterView,
@@ -191,7 +191,7 @@ class Engine:
         sub = Submission(jobs, chunks, [], guard=guard, priority=prio)
         sub.finished = finish is not None and guard is None and not paths and len(chunks) == 1
         # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).
-        shared: dict[int, Any] = {}  # circuits and observables, pickled once for all chunks
+        shared = Shared([chunk.tasks for chunk in chunks])
         with dask.annotate(**(guard.annotations if guard is not None else {})):
             for chunk in chunks:
                 blob = dump_tasks(chunk.tasks, shared)

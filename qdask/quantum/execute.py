@@ -17,6 +17,7 @@ import select
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -309,55 +310,74 @@ def _qubit_order(value: cirq.QubitOrder) -> tuple[Any, tuple[Any, ...]]:
 _DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum, cirq.QubitOrder: _qubit_order}
 
 
-#: What the tasks of a batch share: the circuit of every point of a sweep, the
-#: observables of every expectation value. Each goes once per batch into a blob
-#: of its own, which every chunk embeds and each worker loads once.
-_SHARED_TYPES = frozenset({cirq.Circuit, cirq.FrozenCircuit, cirq.PauliSum})
+class Shared:
+    """The circuits and observables that several chunks of a batch refer to.
+
+    Each is pickled once and embedded as bytes in every chunk that uses it,
+    and each worker loads it once: a parameter-shift gradient's 16 chunks
+    pickled its circuit and its 27-term observable 16 times. Objects of one
+    chunk only stay inline, where the chunk's own pickle memo serves them
+    (2,000 distinct small circuits would otherwise lose it, and take longer).
+    """
+
+    def __init__(self, chunks: list[list[Task]]) -> None:
+        chunks_of: Counter[int] = Counter()
+        objects: dict[int, Any] = {}
+        for tasks in chunks:
+            here = {id(t.circuit): t.circuit for t in tasks}
+            here.update((id(o), o) for t in tasks for o in t.extra.get("observables", ()))
+            chunks_of.update(here.keys())
+            objects.update(here)
+        # Kept alive with their blobs, so no id is reused while the batch is pickled.
+        self.objects = {k: objects[k] for k, n in chunks_of.items() if n > 1}
+        self.blobs: dict[int, bytes] = {}
+
+    def blob(self, obj: Any) -> bytes | None:
+        key = id(obj)
+        if key not in self.objects:
+            return None
+        blob = self.blobs.get(key)
+        if blob is None:
+            buffer = io.BytesIO()
+            pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+            pickler.dispatch_table = _DISPATCH
+            pickler.dump(obj)
+            blob = self.blobs[key] = buffer.getvalue()
+        return blob
 
 
 class _ChunkPickler(pickle.Pickler):
     dispatch_table = _DISPATCH
 
-    def __init__(self, file: io.BytesIO, shared: dict[int, tuple[Any, bytes]]) -> None:
+    def __init__(self, file: io.BytesIO, shared: Shared) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.shared = shared
 
     def persistent_id(self, obj: Any) -> bytes | None:
-        if type(obj) not in _SHARED_TYPES:
-            return None
-        entry = self.shared.get(id(obj))
-        if entry is None:
-            # The object is kept with its blob, so its id is not reused within the batch.
-            entry = self.shared[id(obj)] = (obj, _plain_pickle(obj))
-        return entry[1]
+        return self.shared.blob(obj)
 
 
-def _plain_pickle(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = _DISPATCH
-    pickler.dump(obj)
-    return buffer.getvalue()
-
-
-def dump_tasks(tasks: list[Task], shared: dict[int, tuple[Any, bytes]] | None = None) -> bytes:
+def dump_tasks(tasks: list[Task], shared: Shared | None = None) -> bytes:
     """Serialize a chunk on the client (Dask ships bytes as a single frame).
 
     The standard pickler first: it runs in C, ~40% faster than cloudpickle on
     2,000 small circuits, whose Python hook is called for every object;
-    observables (``cirq.PauliSum``) go as their terms. Circuits and
-    observables are pickled once per ``shared`` (one dict per batch) and
-    embedded as bytes: a parameter-shift gradient's 16 chunks pickled its
-    circuit and its 27-term observable 16 times. cloudpickle, as Dask would
-    use, where that is wrong: values that cannot be pickled by reference
-    (lambdas, local classes) raise, and a reference into ``__main__`` (a gate
-    class defined in a notebook or script) would pickle but not load on a
-    worker; cloudpickle sends those by value.
+    observables (``cirq.PauliSum``) go as their terms, and what ``shared``
+    (the batch's :class:`Shared`) holds as one embedded blob each.
+    cloudpickle, as Dask would use, where that is wrong: values that cannot be
+    pickled by reference (lambdas, local classes) raise, and a reference into
+    ``__main__`` (a gate class defined in a notebook or script) would pickle
+    but not load on a worker; cloudpickle sends those by value.
     """
     with paused_gc():
         buffer = io.BytesIO()
         try:
-            _ChunkPickler(buffer, shared if shared is not None else {}).dump(tasks)
+            if shared is not None and shared.objects:
+                _ChunkPickler(buffer, shared).dump(tasks)
+            else:
+                pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+                pickler.dispatch_table = _DISPATCH
+                pickler.dump(tasks)
             blob = buffer.getvalue()
         except (pickle.PicklingError, AttributeError, TypeError):
             blob = b"__main__"
