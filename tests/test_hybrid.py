@@ -45,7 +45,7 @@ def _roles(qc):
     return {r["worker"]: r for r in qc.resources()}
 
 
-def _where() -> str:
+def _where(*_: object) -> str:
     return get_worker().address
 
 
@@ -58,10 +58,10 @@ def test_roles_are_visible_and_classical_tasks_prefer_classical_workers(qc, clie
     assert rows[classical[0]]["error_rate"] is None and all(rows[a]["error_rate"] == 0.0 for a in quantum)
     # Plain tasks (one each, and a map wide enough to be root-ish) run on the classical worker...
     assert {client.submit(_where, pure=False).result() for _ in range(4)} == set(classical)
-    # Most of a map: its prefix is new to Dask, which takes each task for 0.5 s of work, so
-    # on a slow machine work stealing may move a few queued ones to an idle quantum worker.
-    where = client.gather(client.map(lambda i: get_worker().address, range(20)))
-    assert where.count(classical[0]) >= 15, where
+    # The map's tasks share the prefix of the calls above, so Dask knows they take milliseconds;
+    # a prefix new to it counts 0.5 s a task, and its stealing may then move some (the
+    # restrictions are loose) to an idle quantum worker.
+    assert set(client.gather(client.map(_where, range(20)))) == set(classical)
     # ... but only preferably (loose), and quantum requests still go to quantum workers.
     fut = client.submit(_where, pure=False)
     fut.result()

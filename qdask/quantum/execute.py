@@ -14,7 +14,6 @@ import itertools
 import logging
 import pickle
 import select
-import sys
 import threading
 import time
 from collections import Counter
@@ -211,46 +210,58 @@ class Inbox:
     Behind 20-qubit backlog circuits the scheduler's ``compute-task`` for an
     urgent circuit reached the worker's state machine 40-80 ms after it was
     sent (``benchmarks/balance.py`` scenario d); steal requests wait alike.
-    So after a circuit that held the GIL past its switch interval, the chunk
-    looks whether the scheduler's stream has data, and only then waits (GIL
-    released) for :data:`TURNS` turns of the loop, at most :data:`LIMIT`
-    seconds: a few microseconds per circuit otherwise.
+    So after a circuit that held the GIL for :data:`HELD` seconds or more,
+    the chunk waits (GIL released) for one turn of the loop, and for more, up
+    to :data:`TURNS`, while the scheduler's stream has data or the loop has
+    callbacks due; at most :data:`LIMIT` seconds a turn. A turn costs well
+    under a millisecond (1% of such a circuit at most); shorter circuits let
+    the loop in often enough.
     """
 
-    #: Turns of the event loop to wait for: read the frames, resume the
-    #: reading coroutine, handle the message.
+    #: Turns of the event loop at most: read the frames, resume the reading
+    #: coroutine, handle the message.
     TURNS = 4
     LIMIT = 0.05
+    HELD = 0.02
+    #: After our callback ran, the loop finishes its turn without contention for the GIL.
+    SETTLE = 0.0002
 
     def __init__(self, worker: Any) -> None:
-        self.worker = worker
+        self.loop = getattr(worker, "loop", None)
         comm = getattr(getattr(worker, "batched_stream", None), "comm", None)
         # TCP and TLS comms read a socket; other comms (inproc, UCX) are not polled.
         self.socket = getattr(getattr(comm, "stream", None), "socket", None)
-        self.since = time.perf_counter()
+        # asyncio's queue of callbacks due now (private, in every CPython since 3.4; read-only here).
+        self.due = getattr(getattr(self.loop, "asyncio_loop", None), "_ready", ())
+        self.last = time.perf_counter()
 
     def after_circuit(self) -> None:
         now = time.perf_counter()
-        if self.socket is None or now - self.since < sys.getswitchinterval():
-            return  # the interpreter hands the GIL to the loop often enough
-        self.since = now
+        held, self.last = now - self.last, now
+        if self.loop is None or held < self.HELD:
+            return
+        for _ in range(self.TURNS):
+            if not self._turn() or not self._pending():
+                break
+        self.last = time.perf_counter()
+
+    def _turn(self) -> bool:
+        """Wait for the loop to run what is due now and one callback of ours; False if it did not in time."""
+        done = threading.Event()
+        self.loop.add_callback(done.set)
+        if not done.wait(self.LIMIT):
+            return False
+        time.sleep(self.SETTLE)
+        return True
+
+    def _pending(self) -> bool:
+        if len(self.due) > 0:
+            return True
         try:
-            readable, _, _ = select.select([self.socket], [], [], 0)
+            return self.socket is not None and bool(select.select([self.socket], [], [], 0)[0])
         except (OSError, ValueError):  # closed while the worker shuts down
             self.socket = None
-            return
-        if readable:
-            done = threading.Event()
-
-            def turn(left: int) -> None:
-                if left:
-                    self.worker.loop.add_callback(turn, left - 1)
-                else:
-                    done.set()
-
-            self.worker.loop.add_callback(turn, self.TURNS)
-            done.wait(self.LIMIT)
-            self.since = time.perf_counter()
+            return False
 
 
 def run_chunk_then(finish: Callable[..., Any], jobs: list[Any], blob: bytes, *, urgent: bool = False) -> Any:
