@@ -349,12 +349,20 @@ class Shared:
             return None
         blob = self.blobs.get(key)
         if blob is None:
-            buffer = io.BytesIO()
-            pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-            pickler.dispatch_table = _DISPATCH
-            pickler.dump(obj)
-            blob = self.blobs[key] = buffer.getvalue()
+            blob = self.blobs[key] = _fast_pickle(obj)
         return blob
+
+
+def _fast_pickle(obj: Any, shared: Shared | None = None) -> bytes:
+    """The standard (C) pickler with qdask's reducers; ``shared`` objects go as their blobs."""
+    buffer = io.BytesIO()
+    if shared is not None and shared.objects:
+        _ChunkPickler(buffer, shared).dump(obj)
+    else:
+        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dispatch_table = _DISPATCH
+        pickler.dump(obj)
+    return buffer.getvalue()
 
 
 class _ChunkPickler(pickle.Pickler):
@@ -381,15 +389,8 @@ def dump_tasks(tasks: list[Task], shared: Shared | None = None) -> bytes:
     but not load on a worker; cloudpickle sends those by value.
     """
     with paused_gc():
-        buffer = io.BytesIO()
         try:
-            if shared is not None and shared.objects:
-                _ChunkPickler(buffer, shared).dump(tasks)
-            else:
-                pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-                pickler.dispatch_table = _DISPATCH
-                pickler.dump(tasks)
-            blob = buffer.getvalue()
+            blob = _fast_pickle(tasks, shared)
         except (pickle.PicklingError, AttributeError, TypeError):
             blob = b"__main__"
         if b"__main__" in blob:
