@@ -293,6 +293,12 @@ def test_inbox_lets_the_event_loop_handle_a_message_before_the_next_circuit_hold
         # Handled (three turns of the loop) before the next circuit took the GIL.
         assert handled and handled[0] < started, (turns, handled, started)
         assert 2 <= len(turns) <= 1 + Inbox.TURNS
+        with dask.config.set({"qdask.quantum.inbox-after": None}):
+            off = Inbox(worker)
+        before = len(turns)
+        sim.run(circuit, repetitions=1)
+        off.after_circuit()
+        assert len(turns) == before  # turned off: no turn
     finally:
         loop.call_soon_threadsafe(loop.stop)
         scheduler_end.close()

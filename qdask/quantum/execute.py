@@ -210,7 +210,8 @@ class Inbox:
     Behind 20-qubit backlog circuits the scheduler's ``compute-task`` for an
     urgent circuit reached the worker's state machine 40-80 ms after it was
     sent (``benchmarks/balance.py`` scenario d); steal requests wait alike.
-    So after a circuit that held the GIL for :data:`HELD` seconds or more,
+    So after a circuit that held the GIL for ``qdask.quantum.inbox-after``
+    (20 ms) or more,
     the chunk waits (GIL released) for one turn of the loop, and for more, up
     to :data:`TURNS`, while the scheduler's stream has data or the loop has
     callbacks due; at most :data:`LIMIT` seconds a turn. A turn costs well
@@ -222,12 +223,13 @@ class Inbox:
     #: coroutine, handle the message.
     TURNS = 4
     LIMIT = 0.05
-    HELD = 0.02
     #: After our callback ran, the loop finishes its turn without contention for the GIL.
     SETTLE = 0.0002
 
     def __init__(self, worker: Any) -> None:
-        self.loop = getattr(worker, "loop", None)
+        after = config.get("quantum.inbox-after")
+        self.held = config.parse_duration(after) if after is not None else None
+        self.loop = getattr(worker, "loop", None) if self.held is not None else None
         comm = getattr(getattr(worker, "batched_stream", None), "comm", None)
         # TCP and TLS comms read a socket; other comms (inproc, UCX) are not polled.
         self.socket = getattr(getattr(comm, "stream", None), "socket", None)
@@ -238,7 +240,7 @@ class Inbox:
     def after_circuit(self) -> None:
         now = time.perf_counter()
         held, self.last = now - self.last, now
-        if self.loop is None or held < self.HELD:
+        if self.loop is None or held < self.held:
             return
         for _ in range(self.TURNS):
             if not self._turn() or not self._pending():
