@@ -211,12 +211,11 @@ class Inbox:
     urgent circuit reached the worker's state machine 40-80 ms after it was
     sent (``benchmarks/balance.py`` scenario d); steal requests wait alike.
     So after a circuit that held the GIL for ``qdask.quantum.inbox-after``
-    (20 ms) or more,
-    the chunk waits (GIL released) for one turn of the loop, and for more, up
-    to :data:`TURNS`, while the scheduler's stream has data or the loop has
-    callbacks due; at most :data:`LIMIT` seconds a turn. A turn costs well
-    under a millisecond (1% of such a circuit at most); shorter circuits let
-    the loop in often enough.
+    (20 ms) or more, the chunk waits (GIL released) for one turn of the loop,
+    and for more, up to :data:`TURNS`, while the scheduler's stream has data
+    or the loop has callbacks due; at most :data:`LIMIT` seconds a turn. A
+    turn costs well under a millisecond (1% of such a circuit at most);
+    shorter circuits let the loop in often enough.
     """
 
     #: Turns of the event loop at most: read the frames, resume the reading
@@ -226,10 +225,8 @@ class Inbox:
     #: After our callback ran, the loop finishes its turn without contention for the GIL.
     SETTLE = 0.0002
 
-    def __init__(self, worker: Any) -> None:
-        after = config.get("quantum.inbox-after")
-        self.held = config.parse_duration(after) if after is not None else None
-        self.loop = getattr(worker, "loop", None) if self.held is not None else None
+    def __init__(self, worker: Any, held: float) -> None:
+        self.loop, self.held = worker.loop, held
         comm = getattr(getattr(worker, "batched_stream", None), "comm", None)
         # TCP and TLS comms read a socket; other comms (inproc, UCX) are not polled.
         self.socket = getattr(getattr(comm, "stream", None), "socket", None)
@@ -237,10 +234,16 @@ class Inbox:
         self.due = getattr(getattr(self.loop, "asyncio_loop", None), "_ready", ())
         self.last = time.perf_counter()
 
+    @classmethod
+    def of(cls, worker: Any) -> Inbox | None:
+        """The inbox of a chunk on ``worker``; None outside a worker or with ``inbox-after: null``."""
+        after = config.get("quantum.inbox-after")
+        return cls(worker, config.parse_duration(after)) if worker is not None and after is not None else None
+
     def after_circuit(self) -> None:
         now = time.perf_counter()
         held, self.last = now - self.last, now
-        if self.loop is None or held < self.held:
+        if held < self.held:
             return
         for _ in range(self.TURNS):
             if not self._turn() or not self._pending():
@@ -446,16 +449,23 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
     worker = _current_worker()
     if worker is not None:
         _HAND_OFF.wait(worker)
-    inbox = Inbox(worker) if worker is not None else None
+    inbox = Inbox.of(worker)
     with paused_gc():
         tasks = load_tasks(blob)
         begin_chunk(len(tasks))  # fault tolerance: isolation of a retry, start report (qdask.fault)
         address = worker.address if worker is not None else ""
         results: list[TaskResult] = []
-        for key, group in itertools.groupby(tasks, key=_sweep_key):
-            # One sweep is one qsim call; other tasks run one by one.
-            for run in ([[t] for t in group] if key is None else [list(group)]):
-                results.extend([run_task(run[0], address)] if key is None else run_expectation_sweep(run, address))
-                if inbox is not None:
-                    inbox.after_circuit()
+        for sweep, run in _qsim_calls(tasks):
+            results.extend(run_expectation_sweep(run, address) if sweep else [run_task(run[0], address)])
+            if inbox is not None:
+                inbox.after_circuit()
         return results
+
+
+def _qsim_calls(tasks: list[Task]) -> Iterator[tuple[bool, list[Task]]]:
+    """A chunk's tasks as simulator calls: (True, points) for one sweep of expectation values, else (False, [task])."""
+    for key, group in itertools.groupby(tasks, key=_sweep_key):
+        if key is None:
+            yield from ((False, [t]) for t in group)
+        else:
+            yield True, list(group)
