@@ -45,6 +45,55 @@ def test_analysis_facts():
     assert not analyze(mid).terminal_measurements and analyze(mid).per_repetition
 
 
+def _mixed(seed):
+    """A random circuit with measurements anywhere, noise and parameters: every kind analyze tells apart."""
+    rng = np.random.default_rng(seed)
+    q = cirq.LineQubit.range(int(rng.integers(1, 6)))
+    extra = []
+    for _ in range(int(rng.integers(0, 5))):
+        target = q[int(rng.integers(len(q)))]
+        extra.append(
+            [
+                cirq.measure(target, key=f"k{rng.integers(3)}"),
+                cirq.measure(*q, key="all"),
+                cirq.depolarize(0.1).on(target),
+                cirq.rx(sympy.Symbol("t")).on(target),
+                cirq.X(target).with_tags("tagged"),
+            ][int(rng.integers(5))]
+        )
+    before = cirq.testing.random_circuit(q, n_moments=int(rng.integers(0, 8)), op_density=0.7, random_state=seed)
+    after = cirq.testing.random_circuit(q, n_moments=int(rng.integers(0, 3)), op_density=0.5, random_state=seed + 1)
+    return before + cirq.Circuit(extra) + after
+
+
+def test_analysis_agrees_with_cirq_on_random_circuits():
+    # analyze walks moments backwards and caches gate facts by object: check
+    # every fact against cirq's own (slower) answer, on circuits where each matters.
+    for seed in range(300):
+        c = _mixed(seed)
+        info = analyze(c)
+        ops = list(c.all_operations())
+        assert info.num_qubits == len(c.all_qubits()) and info.depth == len(c) and info.num_ops == len(ops), seed
+        assert info.two_qubit_ops == sum(len(op.qubits) >= 2 for op in ops), seed
+        assert info.terminal_measurements == c.are_all_measurements_terminal(), seed
+        keys = [k for op in ops if cirq.is_measurement(op) for k in sorted(cirq.measurement_key_names(op))]
+        assert info.measurement_keys == tuple(dict.fromkeys(keys)), seed
+        assert info.has_noise == any(not cirq.has_unitary(op) and not cirq.is_measurement(op) and
+                                     not cirq.is_parameterized(op) for op in ops), seed
+        assert info.unresolved == tuple(sorted(cirq.parameter_names(c))), seed
+        assert info.is_clifford == all(cirq.is_measurement(op) or (not cirq.is_parameterized(op) and
+                                       cirq.has_unitary(op) and bool(cirq.has_stabilizer_effect(op))) for op in ops), seed
+        assert sum(info.gate_counts.values()) == len(ops), seed
+    # Equal gates that are distinct objects, and a gate seen first inside a tagged operation.
+    g1, g2 = cirq.rx(0.25), cirq.rx(0.25)
+    assert g1 is not g2
+    q = cirq.LineQubit(0)
+    for c in (cirq.Circuit(g1(q), g2(q)), cirq.Circuit(cirq.depolarize(0.2).on(q)), cirq.Circuit(g1(q))):
+        info = analyze(c)
+        assert info.gate_counts == {type(c[0].operations[0].gate).__name__: len(c)}
+        assert info.has_noise == (len(c) == 1 and not cirq.has_unitary(c[0].operations[0]))
+
+
 def test_unsupported_gate_is_found():
     class Opaque(cirq.Gate):
         def _num_qubits_(self):

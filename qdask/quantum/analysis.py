@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cirq
 
@@ -59,10 +59,24 @@ class CircuitInfo:
         return self.has_noise or not self.terminal_measurements
 
 
-#: { gate: (kind, clifford) } -- circuits reuse a few gate objects, and cirq's
-#: protocol checks cost far more than a dict lookup (2,000-circuit batches).
-_GATE_KIND: dict[cirq.Gate, tuple[str, bool]] = {}
-_GATE_KIND_MAX = 4096
+@dataclass(frozen=True)
+class _GateFacts:
+    """What :func:`analyze` needs of one gate (the same for every plain operation of it)."""
+
+    gate: cirq.Gate  # held, so that the id keying it stays this gate's while it is cached
+    name: str
+    kind: str
+    clifford: bool
+    wide: bool  # acts on two or more qubits
+
+
+#: Facts of the gates seen lately, by id and by value: circuits reuse a few gate
+#: objects, and cirq's protocol checks (and a gate's value hash) cost far more
+#: than a dict lookup. A 2,000-circuit batch is analysed on the client before
+#: any of it can reach a worker.
+_BY_ID: dict[int, _GateFacts] = {}
+_BY_VALUE: dict[cirq.Gate, _GateFacts] = {}
+_CACHE_MAX = 4096
 
 
 def _classify(op: cirq.Operation) -> tuple[str, bool]:
@@ -78,25 +92,42 @@ def _classify(op: cirq.Operation) -> tuple[str, bool]:
     return "unsupported", False
 
 
-def _kind(op: cirq.Operation) -> tuple[str, bool]:
+def _facts(op: cirq.Operation) -> tuple[str, str, bool, bool]:
+    """(gate type name, kind, is Clifford, acts on two or more qubits) of ``op``."""
     gate = op.gate
     # Only plain gate operations (Pauli ones included) behave exactly as
     # their gate; tagged, controlled or classically controlled ones do not.
     if gate is None or not isinstance(op, cirq.GateOperation):
-        return _classify(op)
-    try:
-        return _GATE_KIND[gate]
-    except KeyError:
-        kind = _classify(op)
-    except TypeError:  # unhashable gate
-        return _classify(op)
-    if len(_GATE_KIND) < _GATE_KIND_MAX:
-        _GATE_KIND[gate] = kind
-    return kind
+        name = type(gate).__name__ if gate is not None else type(op).__name__
+        return (name, *_classify(op), len(op.qubits) >= 2)
+    facts = _BY_ID.get(id(gate))
+    if facts is None:
+        try:
+            facts = _BY_VALUE.get(gate)
+        except TypeError:  # unhashable gate
+            facts = None
+            hashable = False
+        else:
+            hashable = True
+        if facts is None:
+            facts = _GateFacts(gate, type(gate).__name__, *_classify(op), len(op.qubits) >= 2)
+            if hashable:
+                if len(_BY_VALUE) >= _CACHE_MAX:
+                    _BY_VALUE.clear()
+                _BY_VALUE[gate] = facts
+        if len(_BY_ID) >= _CACHE_MAX:
+            _BY_ID.clear()
+        _BY_ID[id(gate)] = facts if facts.gate is gate else replace(facts, gate=gate)
+    return facts.name, facts.kind, facts.clifford, facts.wide
 
 
 def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
     """Analyse ``circuit`` in one pass over its operations.
+
+    The pass runs from the last moment back, so a measurement is terminal
+    when no later moment acts on its qubits (cirq's
+    ``are_all_measurements_terminal``, without a second pass), and qubits
+    are gathered as each moment's own set rather than one by one.
 
     Examples
     --------
@@ -110,42 +141,41 @@ def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
     clifford = True
     noise = False
     parameterized = False
+    terminal = True
     unsupported: set[str] = set()
-    keys: list[str] = []
-    last_moment: dict[cirq.Qid, int] = {}  # { qubit: last moment acting on it }
-    measured: list[tuple[int, tuple[cirq.Qid, ...]]] = []  # (moment, qubits) of measurements
-    for moment_index, op in ((i, op) for i, m in enumerate(circuit) for op in m):
-        for q in op.qubits:
-            last_moment[q] = moment_index
-        gate = op.gate
-        name = type(gate).__name__ if gate is not None else type(op).__name__
-        counts[name] += 1
-        if len(op.qubits) >= 2:
-            two_qubit += 1
-        kind, is_clifford = _kind(op)
-        clifford = clifford and is_clifford
-        if kind == "measure":
-            measured.append((moment_index, op.qubits))
-            for k in cirq.measurement_key_names(op):
-                if k not in keys:
-                    keys.append(k)
-        elif kind == "param":
-            parameterized = True
-        elif kind == "noise":
-            noise = True
-        elif kind == "unsupported":
-            unsupported.add(name)
+    later: set[cirq.Qid] = set()  # qubits that moments after the current one act on
+    measurements: list[list[cirq.Operation]] = []  # per moment, last moment first
+    moments = circuit.moments
+    for moment in reversed(moments):
+        here = []
+        for op in moment:
+            name, kind, is_clifford, wide = _facts(op)
+            counts[name] += 1
+            two_qubit += wide
+            clifford = clifford and is_clifford
+            if kind == "measure":
+                terminal = terminal and later.isdisjoint(op.qubits)
+                here.append(op)
+            elif kind == "param":
+                parameterized = True
+            elif kind == "noise":
+                noise = True
+            elif kind == "unsupported":
+                unsupported.add(name)
+        if here:
+            measurements.append(here)
+        later.update(moment.qubits)
+    keys = dict.fromkeys(k for ops in reversed(measurements) for op in ops for k in cirq.measurement_key_names(op))
     return CircuitInfo(
-        num_qubits=len(last_moment),
-        depth=len(circuit),
+        num_qubits=len(later),
+        depth=len(moments),
         num_ops=sum(counts.values()),
         two_qubit_ops=two_qubit,
         gate_counts=dict(counts),
         is_clifford=clifford,
         has_noise=noise,
         has_measurements=bool(keys),
-        # cirq's are_all_measurements_terminal, without its second pass over the circuit
-        terminal_measurements=all(max(last_moment[q] for q in qs) == i for i, qs in measured),
+        terminal_measurements=terminal,
         measurement_keys=tuple(keys),
         unresolved=tuple(sorted(cirq.parameter_names(circuit))) if parameterized else (),
         unsupported_gates=tuple(sorted(unsupported)),
