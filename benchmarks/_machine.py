@@ -55,3 +55,19 @@ def parallel_capacity(processes: int = 2, n: int = 5_000_000) -> float:
     no distributed speed-up measured at the same time can exceed it.
     """
     return speedup(_spin, (n,), (1,), processes)
+
+
+def alternate(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, object]]:
+    """Best time (and last value) of each of ``fns``, run in turn ``repeats`` times after one warm-up each.
+
+    Taking turns keeps a shared machine's drifting speed (+-30% within a
+    minute here) from favouring whichever peer happened to run in a fast spell.
+    """
+    out = [fn() for fn in fns]  # warm-up: imports, qsim module load, Dask connections
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            out[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(min(t), o) for t, o in zip(times, out)]

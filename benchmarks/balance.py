@@ -14,6 +14,9 @@ before the run, and from the run times the workers measured during it.
 Lower bounds come from serial single-thread qsim times of the same circuits:
 (a) sum / 2, (b) sum / 1.5, (c) t_join + (sum - t_join) / 2, where t_join is when the
 worker is asked for; (c) also prints the bound from when it registered, per run.
+(a) and (c) print the machine's qsim capacity for their circuits: two concurrent
+serial runs against one. The bounds assume 2; qsim on 14-22 qubits shares the
+cache and memory bandwidth, and no scheduler gets more than the capacity.
 
 Usage: ``python benchmarks/balance.py [--only a,b,c,d,e]``
 """
@@ -34,7 +37,7 @@ import qdask
 from qdask import ClusterConfig, QuantumCluster
 
 sys.path.insert(0, os.path.dirname(__file__))
-from throughput import run_one  # noqa: E402  (the same per-circuit work as the peers)
+from throughput import qsim_capacity, run_one  # noqa: E402  (the same per-circuit work as the peers)
 
 LOOPBACK = dict(host="127.0.0.1", dashboard_address="127.0.0.1:0")
 
@@ -113,7 +116,7 @@ def scenario_a() -> dict:
     with plain_cluster(2) as pc, Client(pc) as c:
         warm(c)
         p = run_plain(c, bursts, gap=0.5)
-    return {"name": "(a) bursts", "bound": bound, "qdask": q, "plain": p}
+    return {"name": "(a) bursts", "bound": bound, "qdask": q, "plain": p, "capacity": qsim_capacity(cs, 100, 2)}
 
 
 class HalfSpeed:
@@ -174,6 +177,7 @@ def scenario_c() -> dict:
     # No scheduler can use the worker before it has started and registered:
     # the bound from that moment, per run (process start and imports take seconds).
     out["ready_bound"] = {k: t + max(total - t, 0) / 2 for k, t in out["ready"].items()}
+    out["capacity"] = qsim_capacity(cs[::4], 100, 2)
     return out
 
 
@@ -280,6 +284,9 @@ def main() -> None:
                 print(f"{'':18} bound from when the new worker registered: "
                       + " | ".join(f"{k} ready after {r['ready'][k]:.2f} s, bound {r['ready_bound'][k]:.2f} s = "
                                    f"{r[k] / r['ready_bound'][k]:.2f}x" for k in ("qdask", "plain")))
+            if "capacity" in r:
+                print(f"{'':18} qsim capacity: {r['capacity']:.2f}x on 2 processes, so no scheduler can beat "
+                      f"{2 / r['capacity']:.2f}x the bound on this machine now (2 = ideal)")
         elif "limit" in r:
             print(f"{r['name']:18} high-priority latency: median {r['median']:.3f} s, worst {r['worst']:.3f} s; "
                   f"limit 2x(own + one backlog circuit) ~ {r['limit']:.3f} s from serial times: {r['within']}/20 within, "

@@ -8,15 +8,19 @@ Workloads (issue 3):
 For each: serial qsim (one thread, this process) gives the lower bound
 ``sum(serial times) / cores``; plain Dask runs one ``client.submit`` per
 circuit on a LocalCluster of the same shape; qdask runs ``Sampler.run_batch``.
-Prints wall times and ratios to the lower bound. Everything binds to 127.0.0.1.
+Every peer's time is the best of ``--repeats`` runs after a warm-up run, the
+serial and qdask runs taking turns (a shared machine's speed drifts by tens
+of percent within minutes). Prints wall times and ratios to the lower bound.
+Everything binds to 127.0.0.1.
 
-Usage: ``python benchmarks/throughput.py [--workers N] [--only a|b] [--monitoring]``
+Usage: ``python benchmarks/throughput.py [--workers N] [--only a|b] [--repeats 3] [--monitoring]``
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import cirq
 import numpy as np
@@ -24,7 +28,7 @@ import qsimcirq
 from distributed import Client, LocalCluster
 
 import qdask
-from _machine import speedup
+from _machine import alternate, speedup
 from qdask import ClusterConfig, QuantumCluster
 
 
@@ -56,15 +60,17 @@ def serial(circuits: list[cirq.Circuit], reps: int) -> float:
     return time.perf_counter() - t0
 
 
-def plain_dask(circuits: list[cirq.Circuit], reps: int, workers: int) -> float:
+def plain_dask(circuits: list[cirq.Circuit], reps: int, workers: int, repeats: int) -> float:
+    """Best of ``repeats`` runs, one ``client.submit`` per circuit, after a warm-up run of the whole batch."""
     with LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       memory_limit=f"{20 // workers}GiB") as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)
-        client.submit(run_one, circuits[0], 1, 0).result()  # warm up imports
-        t0 = time.perf_counter()
-        futures = [client.submit(run_one, c, reps, i, pure=False) for i, c in enumerate(circuits)]
-        client.gather(futures)
-        return time.perf_counter() - t0
+
+        def run() -> None:
+            client.gather([client.submit(run_one, c, reps, i, pure=False) for i, c in enumerate(circuits)])
+
+        ((best, _),) = alternate([run], repeats)
+        return best
 
 
 def qsim_capacity(circuits: list[cirq.Circuit], reps: int, processes: int) -> float:
@@ -80,13 +86,16 @@ def qsim_capacity(circuits: list[cirq.Circuit], reps: int, processes: int) -> fl
 
 def qdask_run(
     qc: QuantumCluster, circuits: list[cirq.Circuit], reps: int, level: str = "basic"
-) -> tuple[float, qdask.quantum.engine.BatchStats]:
+) -> Callable[[], qdask.quantum.engine.BatchStats]:
+    """One ``Sampler.run_batch`` of ``circuits`` at optimization ``level``; returns its stats."""
     sampler = qdask.Sampler(qc.get_client(), seed=1)
     sampler.engine.optimization_level = level
-    sampler.run(circuits[0], repetitions=1)  # warm up
-    t0 = time.perf_counter()
-    sampler.run_batch(circuits, repetitions=reps)
-    return time.perf_counter() - t0, sampler.engine.last
+
+    def run() -> qdask.quantum.engine.BatchStats:
+        sampler.run_batch(circuits, repetitions=reps)
+        return sampler.engine.last
+
+    return run
 
 
 def main() -> None:
@@ -94,6 +103,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--only", choices=["a", "b"], default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per peer (the best counts), after a warm-up")
     parser.add_argument("--monitoring", action="store_true", help="also run qdask with 100 ms monitoring")
     args = parser.parse_args()
     cores = args.workers
@@ -102,21 +112,23 @@ def main() -> None:
     with QuantumCluster(ClusterConfig(num_nodes=args.workers, memory_per_node=f"{20 // args.workers}GiB")) as qc:
         for name in names:
             circuits = workload(name)
-            t_serial = serial(circuits, args.reps)
-            bound = t_serial / cores
-            t_qdask, stats = qdask_run(qc, circuits, args.reps)
-            t_aggressive, _ = qdask_run(qc, circuits, args.reps, level="aggressive")
+            # Serial and qdask take turns, each the best of its runs after a warm-up.
+            (t_serial, _), (t_qdask, stats), (t_aggressive, _) = alternate(
+                [lambda: serial(circuits, args.reps), qdask_run(qc, circuits, args.reps),
+                 qdask_run(qc, circuits, args.reps, level="aggressive")],
+                args.repeats,
+            )
             probe = circuits[: max(1, len(circuits) // 10)] if name == "a" else [max(circuits, key=lambda c: len(c.all_qubits()))]
-            row = {"workload": name, "circuits": len(circuits), "serial": t_serial, "bound": bound, "qdask": t_qdask,
-                   "aggressive": t_aggressive, "capacity": qsim_capacity(probe, args.reps, cores),
+            row = {"workload": name, "circuits": len(circuits), "serial": t_serial, "bound": t_serial / cores,
+                   "qdask": t_qdask, "aggressive": t_aggressive, "capacity": qsim_capacity(probe, args.reps, cores),
                    "tasks": stats.tasks, "bytes/circ": stats.circuit_bytes_per_circuit + stats.bytes_per_circuit}
             if args.monitoring:
                 monitor = qc.start_monitoring(qdask.MonitoringConfig(sampling_interval="100ms"))
-                row["qdask+mon"], _ = qdask_run(qc, circuits, args.reps)
+                ((row["qdask+mon"], _),) = alternate([qdask_run(qc, circuits, args.reps)], args.repeats)
                 monitor.stop()
             rows.append(row)
     for row in rows:
-        row["plain"] = plain_dask(workload(row["workload"]), args.reps, args.workers)
+        row["plain"] = plain_dask(workload(row["workload"]), args.reps, args.workers, args.repeats)
 
     print(f"\nthroughput on {args.workers} workers x 1 thread, {args.reps} repetitions per circuit")
     print(f"{'load':4} {'circ':>5} {'serial s':>9} {'bound s':>8} {'qdask s':>8} {'q/bound':>8} {'aggr s':>7} "

@@ -21,35 +21,17 @@ Usage: ``python benchmarks/variational.py [--qubits 18] [--layers 1] [--workers 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import networkx as nx
 import numpy as np
 import qsimcirq
 
 import qdask
-from _machine import parallel_capacity
+from _machine import alternate, parallel_capacity
 from qdask import ClusterConfig, QuantumCluster
 from qdask.hybrid.variational import Objective, qaoa_maxcut
 
 TARGET = 1.6
-
-
-def alternate(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, object]]:
-    """Best time (and last value) of each of ``fns``, run in turn ``repeats`` times after one warm-up each.
-
-    Taking turns keeps a shared machine's drifting speed (+-30% within a
-    minute here) from favouring whichever peer happened to run in a fast spell.
-    """
-    out = [fn() for fn in fns]  # warm-up: imports, qsim module load, Dask connections
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            out[i] = fn()
-            times[i].append(time.perf_counter() - t0)
-    return [(min(t), o) for t, o in zip(times, out)]
 
 
 def main() -> None:
