@@ -174,7 +174,8 @@ def test_circuit_chunks_are_pulled_by_free_workers_and_restricted_again_when_an_
         q = cirq.LineQubit.range(8)
         circuits = [cirq.testing.random_circuit(q, 10, 0.8, random_state=i) + cirq.measure(*q, key="m") for i in range(60)]
         pool = ThreadPoolExecutor(1)
-        with dask.config.set({"qdask.quantum.chunk-duration": "1ms"}):  # a chunk per circuit
+        # Below any circuit's estimate, however fast the machine: a chunk per circuit.
+        with dask.config.set({"qdask.quantum.chunk-duration": "1us"}):
             pending = pool.submit(qdask.Sampler(client, seed=1).run_batch, circuits, repetitions=10)
             wait_for(lambda: sum(s == "queued" for s, _ in client.run_on_scheduler(_chunk_states)) >= 50,
                      timeout=10, what="50 chunks queued on the scheduler")
