@@ -87,7 +87,7 @@ def qsim_capacity(circuits: list[cirq.Circuit], reps: int, processes: int) -> fl
 def qdask_run(
     qc: QuantumCluster, circuits: list[cirq.Circuit], reps: int, level: str = "basic"
 ) -> Callable[[], qdask.quantum.engine.BatchStats]:
-    """One ``Sampler.run_batch`` of ``circuits`` at optimization ``level``; returns its stats."""
+    """A call that runs ``circuits`` as one ``Sampler.run_batch`` at optimization ``level`` and returns its stats."""
     sampler = qdask.Sampler(qc.get_client(), seed=1)
     sampler.engine.optimization_level = level
 

@@ -69,6 +69,10 @@ class _GateFacts:
     clifford: bool
     wide: bool  # acts on two or more qubits
 
+    @classmethod
+    def of(cls, op: cirq.GateOperation) -> _GateFacts:
+        return cls(op.gate, type(op.gate).__name__, *_classify(op), len(op.qubits) >= 2)
+
 
 #: Facts of the gates seen lately, by id and by value: circuits reuse a few gate
 #: objects, and cirq's protocol checks (and a gate's value hash) cost far more
@@ -92,6 +96,14 @@ def _classify(op: cirq.Operation) -> tuple[str, bool]:
     return "unsupported", False
 
 
+def _remember(cache: dict, key: object, facts: _GateFacts) -> _GateFacts:
+    # Bounded: a caller that builds a new gate per operation must not grow it forever.
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = facts
+    return facts
+
+
 def _facts(op: cirq.Operation) -> tuple[str, str, bool, bool]:
     """(gate type name, kind, is Clifford, acts on two or more qubits) of ``op``."""
     gate = op.gate
@@ -104,20 +116,11 @@ def _facts(op: cirq.Operation) -> tuple[str, str, bool, bool]:
     if facts is None:
         try:
             facts = _BY_VALUE.get(gate)
-        except TypeError:  # unhashable gate
-            facts = None
-            hashable = False
-        else:
-            hashable = True
+        except TypeError:  # unhashable gate: cached by id only
+            facts = _GateFacts.of(op)
         if facts is None:
-            facts = _GateFacts(gate, type(gate).__name__, *_classify(op), len(op.qubits) >= 2)
-            if hashable:
-                if len(_BY_VALUE) >= _CACHE_MAX:
-                    _BY_VALUE.clear()
-                _BY_VALUE[gate] = facts
-        if len(_BY_ID) >= _CACHE_MAX:
-            _BY_ID.clear()
-        _BY_ID[id(gate)] = facts if facts.gate is gate else replace(facts, gate=gate)
+            facts = _remember(_BY_VALUE, gate, _GateFacts.of(op))
+        _remember(_BY_ID, id(gate), facts if facts.gate is gate else replace(facts, gate=gate))
     return facts.name, facts.kind, facts.clifford, facts.wide
 
 
