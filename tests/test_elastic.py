@@ -25,9 +25,14 @@ from qdask.worker.discovery import QUANTUM
 SEED = 2024
 COOLDOWN = 2.0
 REPETITIONS = 50
+# 21 qubits: several seconds of work for one node, so the burst outlasts the
+# first step and its cooldown even where a new worker starts in 0.2 s (forked
+# with cirq imported, qdask.deploy.forkserver); at 16 qubits the second node
+# was done with all of it before the cooldown ended, and the cluster never
+# stepped to 4.
 CIRCUITS = [
-    cirq.testing.random_circuit(cirq.LineQubit.range(16), n_moments=16, op_density=0.8, random_state=s)
-    + cirq.measure(*cirq.LineQubit.range(16), key="m")
+    cirq.testing.random_circuit(cirq.LineQubit.range(21), n_moments=16, op_density=0.8, random_state=s)
+    + cirq.measure(*cirq.LineQubit.range(21), key="m")
     for s in range(60)
 ]
 EXECUTIONS = "qdask-test-executions"
