@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import psutil
@@ -114,6 +115,30 @@ def test_close_leaves_no_child_process_thread_or_file():
     assert not os.path.exists(tmpdir)
     assert _wait(lambda: me.num_threads() <= threads_before + 1, timeout=10)
     assert repr(qc) == "<QuantumCluster closed>"
+
+
+def test_close_finishes_after_a_worker_close_failed():
+    """Dask leaves a Nanny whose close timed out ``closing`` for good: each later close of it
+    (LocalCluster's own, every ``scale``) waits forever. qdask's bounded close drops it."""
+    from qdask.deploy import nannies
+
+    qc = QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB"))
+    name, nanny = next(iter(qc.cluster.workers.items()))
+    pid = nanny.pid
+    os.kill(pid, signal.SIGSTOP)  # deaf to the stop message: Dask's close goes on to SIGKILL
+    with pytest.raises(TimeoutError):
+        qc.cluster.sync(nanny.close, timeout=0.01)  # no time left to reap it after the SIGKILL
+    assert nanny.status.name == "closing"
+    t0 = time.monotonic()
+    assert qc.cluster.sync(nannies.close_workers, qc.cluster, [name], timeout=1.0) == [name]
+    assert time.monotonic() - t0 < 10
+    assert name not in qc.cluster.workers and name not in qc.cluster.worker_spec
+    others = [w.pid for w in qc.cluster.workers.values()]
+    closer = threading.Thread(target=qc.close, daemon=True)
+    closer.start()
+    closer.join(90)
+    assert not closer.is_alive(), "QuantumCluster.close hung on the failed worker"
+    assert _wait(lambda: not any(psutil.pid_exists(p) for p in [pid, *others]), timeout=10)
 
 
 def test_dashboard_and_listeners_are_on_loopback(cluster2):

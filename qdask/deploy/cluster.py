@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from qdask.config import (
     MonitoringConfig,
     MultiGPUConfig,
 )
-from qdask.deploy import elastic, mpi, spec
+from qdask.deploy import elastic, mpi, nannies, spec
 from qdask.deploy.connect import connect_client
 from qdask.deploy.gpu import start_cuda_cluster
 from qdask.fault import client as fault
@@ -38,11 +37,6 @@ from qdask.worker.discovery import detect_gpus
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-#: Seconds a worker gets to exit on close. LocalCluster closes each Nanny with
-#: Dask's default of 5 s, then SIGKILL and a join within what is left; on a
-#: loaded host a worker restarted after a crash is not reaped in time and
-#: close() raises TimeoutError with the scheduler still running.
-WORKER_CLOSE_TIMEOUT = 30.0
 
 
 class QuantumCluster:
@@ -495,7 +489,9 @@ class QuantumCluster:
             self._client.close()
             self._client = None
         if self.cluster is not None:
-            self.cluster.sync(_close_workers, self.cluster)
+            # Before LocalCluster's own close, which gives each worker Dask's 5 s
+            # and waits forever on one whose close failed (see qdask.deploy.nannies).
+            self.cluster.sync(nannies.close_workers, self.cluster)
             self.cluster.close()
             self.cluster = None
         if self._tmpdir is not None:
@@ -513,7 +509,3 @@ class QuantumCluster:
             return "<QuantumCluster closed>"
         return f"<QuantumCluster {self.scheduler_address}>"
 
-
-async def _close_workers(cluster: LocalCluster) -> None:
-    """Close every worker (Nanny) of ``cluster`` with :data:`WORKER_CLOSE_TIMEOUT`."""
-    await asyncio.gather(*(w.close(timeout=WORKER_CLOSE_TIMEOUT) for w in list(cluster.workers.values())))
