@@ -57,17 +57,35 @@ def parallel_capacity(processes: int = 2, n: int = 5_000_000) -> float:
     return speedup(_spin, (n,), (1,), processes)
 
 
-def alternate(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, object]]:
-    """Best time (and last value) of each of ``fns``, run in turn ``repeats`` times after one warm-up each.
+def turns(fns: list[Callable[[], float]], repeats: int, warmup: bool = True) -> list[list[float]]:
+    """The seconds each of ``fns`` reports, from calls in turn, ``repeats`` rounds (after one warm-up call each).
 
     Taking turns keeps a shared machine's drifting speed (+-30% within a
     minute here) from favouring whichever peer happened to run in a fast spell.
+    A call times itself, so what it must do before its clock starts (start
+    a cluster) stays out.
     """
-    out = [fn() for fn in fns]  # warm-up: imports, qsim module load, Dask connections
+    if warmup:  # imports, qsim module load, Dask connections
+        for fn in fns:
+            fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
+            times[i].append(fn())
+    return times
+
+
+def alternate(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, object]]:
+    """Best time (and last value) of each of ``fns``, run in turn (see :func:`turns`)."""
+    last: list[object] = [None] * len(fns)
+
+    def timed(i: int) -> Callable[[], float]:
+        def run() -> float:
             t0 = time.perf_counter()
-            out[i] = fn()
-            times[i].append(time.perf_counter() - t0)
-    return [(min(t), o) for t, o in zip(times, out)]
+            last[i] = fns[i]()
+            return time.perf_counter() - t0
+
+        return run
+
+    times = turns([timed(i) for i in range(len(fns))], repeats)
+    return [(min(t), o) for t, o in zip(times, last)]

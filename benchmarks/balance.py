@@ -11,14 +11,18 @@ Scenarios (issue 4), 2 workers x 1 thread on 127.0.0.1:
 (d)'s limit is counted twice: from serial single-thread times measured
 before the run, and from the run times the workers measured during it.
 
-Lower bounds come from serial single-thread qsim times of the same circuits:
-(a) sum / 2, (b) sum / 1.5, (c) t_join + (sum - t_join) / 2, where t_join is when the
-worker is asked for; (c) also prints the bound from when it registered, per run.
+Lower bounds come from serial single-thread qsim runs of the same circuits in
+this process: (a) sum / 2, (b) sum / 1.5, (c) t_join + (sum - t_join) / 2, where
+t_join is when the worker is asked for; (c) also prints the bound from when it
+registered. In (a)-(c) the serial run, qdask and plain Dask take turns for
+``--repeats`` rounds (after a warm-up round in (a) and (b); in (c) every run
+starts its own cluster), and each figure is the best of its rounds: the bound
+from the fastest serial run, so the ratios err on the strict side.
 (a) and (c) print the machine's qsim capacity for their circuits: two concurrent
 serial runs against one. The bounds assume 2; qsim on 14-22 qubits shares the
 cache and memory bandwidth, and no scheduler gets more than the capacity.
 
-Usage: ``python benchmarks/balance.py [--only a,b,c,d,e]``
+Usage: ``python benchmarks/balance.py [--only a,b,c,d,e] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import cirq
 import numpy as np
@@ -37,7 +42,8 @@ import qdask
 from qdask import ClusterConfig, QuantumCluster
 
 sys.path.insert(0, os.path.dirname(__file__))
-from throughput import qsim_capacity, run_one  # noqa: E402  (the same per-circuit work as the peers)
+from _machine import turns  # noqa: E402
+from throughput import qsim_capacity, run_one, serial  # noqa: E402  (the same per-circuit work as the peers)
 
 LOOPBACK = dict(host="127.0.0.1", dashboard_address="127.0.0.1:0")
 
@@ -106,79 +112,107 @@ def warm(client: Client) -> None:
     client.run(lambda: run_one(cirq.Circuit(cirq.measure(cirq.LineQubit(0), key="m")), 1, 0))
 
 
-def scenario_a() -> dict:
+def serial_run(cs: list[cirq.Circuit]) -> Callable[[], float]:
+    """A call that runs ``cs`` one after another in this process, as the bounds count them."""
+    return lambda: serial(cs, 100)
+
+
+def best(name: str, bound: float, runs: dict[str, list[float]], **extra) -> dict:
+    """A row: the bound, each peer's best time, and its ratios over all runs."""
+    row = {"name": name, "bound": bound, **extra}
+    for peer, times in runs.items():
+        row[peer], row[f"{peer}_runs"] = min(times), times
+    return row
+
+
+def scenario_a(repeats: int) -> dict:
     cs = circuits(90, (14, 22), 16, seed=1)
-    bound = sum(serial_times(cs)) / 2
     bursts = [cs[:30], cs[30:60], cs[60:]]
-    with qdask_cluster(2) as qc:
-        warm(qc.get_client())
-        q = run_qdask(qc.get_client(), bursts, gap=0.5)
-    with plain_cluster(2) as pc, Client(pc) as c:
+    with qdask_cluster(2) as qc, plain_cluster(2) as pc, Client(pc) as c:
+        qclient = qc.get_client()
+        warm(qclient)
         warm(c)
-        p = run_plain(c, bursts, gap=0.5)
-    return {"name": "(a) bursts", "bound": bound, "qdask": q, "plain": p, "capacity": qsim_capacity(cs, 100, 2)}
+        t_serial, q, p = turns([serial_run(cs), lambda: run_qdask(qclient, bursts, gap=0.5),
+                                lambda: run_plain(c, bursts, gap=0.5)], repeats)
+    return best("(a) bursts", min(t_serial) / 2, {"qdask": q, "plain": p}, capacity=qsim_capacity(cs, 100, 2))
 
 
 class HalfSpeed:
-    """Pin one worker and a busy process to core 0, the other worker to core 1."""
+    """Pin one worker to core 0 and the other to core 1; within ``with``, a busy process shares core 0."""
 
     def __init__(self, client: Client) -> None:
-        pids = client.run(os.getpid)
-        self.slow, self.fast = sorted(pids.values())
-        self.hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        os.sched_setaffinity(self.hog.pid, {0})
+        self.slow, self.fast = sorted(client.run(os.getpid).values())
         os.sched_setaffinity(self.slow, {0})
         os.sched_setaffinity(self.fast, {1})
 
-    def close(self) -> None:
+    def __enter__(self) -> HalfSpeed:
+        self.hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        os.sched_setaffinity(self.hog.pid, {0})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.hog.kill()
         self.hog.wait()
 
 
-def scenario_b() -> dict:
+def scenario_b(repeats: int) -> dict:
     if len(os.sched_getaffinity(0)) < 2:
         return {"name": "(b) half speed", "skipped": "needs 2 cores"}
     cs = circuits(60, (16, 21), 16, seed=2)
-    bound = sum(serial_times(cs)) / 1.5
-    out = {"name": "(b) half speed", "bound": bound}
-    for label, make, runner in (("qdask", qdask_cluster, run_qdask), ("plain", plain_cluster, run_plain)):
-        cluster = make(2)
-        client = cluster.get_client() if isinstance(cluster, QuantumCluster) else Client(cluster)
-        warm(client)
-        hs = HalfSpeed(client)
-        try:
-            out[label] = runner(client, [cs], gap=0)
-        finally:
-            hs.close()
-            client.close()
-            cluster.close()
-    return out
+    with qdask_cluster(2) as qc, plain_cluster(2) as pc, Client(pc) as c:
+        qclient = qc.get_client()
+        warm(qclient)
+        warm(c)
+
+        def slowed(runner, client: Client) -> Callable[[], float]:
+            half = HalfSpeed(client)
+
+            def run() -> float:
+                with half:
+                    return runner(client, [cs], gap=0)
+
+            return run
+
+        # The serial runs go without the busy process: the bound is one full core and a half.
+        t_serial, q, p = turns([serial_run(cs), slowed(run_qdask, qclient), slowed(run_plain, c)], repeats)
+    return best("(b) half speed", min(t_serial) / 1.5, {"qdask": q, "plain": p})
 
 
-def scenario_c() -> dict:
+def scenario_c(repeats: int) -> dict:
     # Long enough that the new worker (seconds to start a process and import
     # cirq and qsim on this machine) registers well before the batch ends.
     cs = circuits(240, (16, 21), 16, seed=3)
-    total = sum(serial_times(cs))
-    join_at = total / 4
-    out = {"name": "(c) worker joins", "bound": join_at + (total - join_at) / 2}
-    with qdask_cluster(1) as qc:
-        client = qc.get_client()
-        warm(client)
-        qc.start_load_balancer(qdask.LoadBalancerConfig(check_interval="200ms"))
-        joiner = Joiner(join_at, lambda: add_worker(qc.cluster), client)
-        out["qdask"] = run_qdask(client, [cs], gap=0, during=joiner.start)
-    out["ready"] = {"qdask": joiner.ready}
-    with plain_cluster(1) as pc, Client(pc) as c:
-        warm(c)
-        joiner = Joiner(join_at, lambda: add_worker(pc), c)
-        out["plain"] = run_plain(c, [cs], gap=0, during=joiner.start)
-    out["ready"]["plain"] = joiner.ready
+    join_at = serial(cs, 100) / 4  # also the serial warm-up
+    ready: dict[str, list[float]] = {"qdask": [], "plain": []}
+
+    def qdask_joins() -> float:
+        with qdask_cluster(1) as qc:
+            client = qc.get_client()
+            warm(client)
+            qc.start_load_balancer(qdask.LoadBalancerConfig(check_interval="200ms"))
+            joiner = Joiner(join_at, lambda: add_worker(qc.cluster), client)
+            t = run_qdask(client, [cs], gap=0, during=joiner.start)
+        ready["qdask"].append(joiner.ready)
+        return t
+
+    def plain_joins() -> float:
+        with plain_cluster(1) as pc, Client(pc) as c:
+            warm(c)
+            joiner = Joiner(join_at, lambda: add_worker(pc), c)
+            t = run_plain(c, [cs], gap=0, during=joiner.start)
+        ready["plain"].append(joiner.ready)
+        return t
+
+    # No warm-up round: each run starts its own cluster and warms it.
+    t_serial, q, p = turns([serial_run(cs), qdask_joins, plain_joins], repeats, warmup=False)
+    total = min(t_serial)
+    row = best("(c) worker joins", join_at + (total - join_at) / 2, {"qdask": q, "plain": p},
+               capacity=qsim_capacity(cs[::4], 100, 2))
     # No scheduler can use the worker before it has started and registered:
-    # the bound from that moment, per run (process start and imports take seconds).
-    out["ready_bound"] = {k: t + max(total - t, 0) / 2 for k, t in out["ready"].items()}
-    out["capacity"] = qsim_capacity(cs[::4], 100, 2)
-    return out
+    # the bound from that moment, for each peer's best run (process start and imports take seconds).
+    row["ready"] = {k: ready[k][row[f"{k}_runs"].index(row[k])] for k in ready}
+    row["ready_bound"] = {k: t + max(total - t, 0) / 2 for k, t in row["ready"].items()}
+    return row
 
 
 class Joiner:
@@ -270,16 +304,24 @@ def scenario_e() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument("--repeats", type=int, default=3, help="(a)-(c): rounds in which serial, qdask and plain take turns")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: at least 1 round is needed")
     funcs = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d, "e": scenario_e}
-    rows = [funcs[k]() for k in args.only.split(",")]
-    print("\nload balancing, 2 workers x 1 thread")
+    rows = [funcs[k](args.repeats) if k in "abc" else funcs[k]() for k in args.only.split(",")]
+    print(f"\nload balancing, 2 workers x 1 thread; (a)-(c): best of {args.repeats} rounds, "
+          "every round's ratio in brackets")
     for r in rows:
         if "skipped" in r:
             print(f"{r['name']:18} skipped: {r['skipped']}")
         elif "bound" in r:
-            print(f"{r['name']:18} bound {r['bound']:6.2f} s | qdask {r['qdask']:6.2f} s = {r['qdask'] / r['bound']:.2f}x "
-                  f"| plain {r['plain']:6.2f} s = {r['plain'] / r['bound']:.2f}x | plain/qdask {r['plain'] / r['qdask']:.2f}")
+            def peer(k: str) -> str:
+                runs = " ".join(f"{t / r['bound']:.2f}" for t in r[f"{k}_runs"])
+                return f"{k} {r[k]:6.2f} s = {r[k] / r['bound']:.2f}x [{runs}]"
+
+            print(f"{r['name']:18} bound {r['bound']:6.2f} s | {peer('qdask')} | {peer('plain')} "
+                  f"| plain/qdask {r['plain'] / r['qdask']:.2f}")
             if "ready" in r:
                 print(f"{'':18} bound from when the new worker registered: "
                       + " | ".join(f"{k} ready after {r['ready'][k]:.2f} s, bound {r['ready_bound'][k]:.2f} s = "
