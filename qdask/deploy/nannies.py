@@ -36,8 +36,9 @@ async def close_workers(
 ) -> list[Any]:
     """Close the Nannies ``names`` of ``cluster`` (every one when None), each within ``timeout`` s.
 
-    Workers of another kind (a dask-jobqueue job) are left to the cluster's
-    own ``scale_down``.
+    They leave the cluster's plan (``worker_spec``) at once, as in Dask's
+    ``scale_down``. Workers of another kind (a dask-jobqueue job), and
+    clusters without Nannies, are left to the cluster's own ``scale_down``.
 
     Returns
     -------
@@ -45,8 +46,13 @@ async def close_workers(
         The names of the workers whose close failed: their processes were
         sent SIGKILL again and they are no longer in ``cluster.workers``.
     """
-    names = list(cluster.workers) if names is None else list(names)
-    nannies = {n: w for n in names if isinstance(w := cluster.workers.get(n), Nanny)}
+    workers = getattr(cluster, "workers", None)
+    if not isinstance(workers, dict):
+        return []
+    names = list(workers) if names is None else list(names)
+    nannies = {n: w for n in names if isinstance(w := workers.get(n), Nanny)}
+    for name in nannies:
+        cluster.worker_spec.pop(name, None)
 
     async def close(name: Any, nanny: Nanny) -> Any:
         try:
@@ -58,8 +64,7 @@ async def close_workers(
             if pid:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            cluster.workers.pop(name, None)
-            cluster.worker_spec.pop(name, None)
+            workers.pop(name, None)
             logger.warning(
                 "Worker %s did not close within %.0f s: its process %s was sent SIGKILL and the worker dropped",
                 name, timeout, pid,
