@@ -94,6 +94,12 @@ def test_waiting_tasks_fail_after_capable_workers_leave():
         with dask.annotate(qdask={"qubits": 27}):
             running = client.submit(where, 1.0, pure=False)
             waiting = client.submit(where, 1.0, pure=False)
+        # The graph travels to the scheduler on its own; retire only once it is there, or the
+        # tasks arrive with no capable worker and fail fast (UnsatisfiableError) instead.
+        def arrived(dask_scheduler, keys=(running.key, waiting.key)):
+            return all(k in dask_scheduler.tasks for k in keys) and dask_scheduler.tasks[keys[0]].state == "processing"
+
+        wait_for(lambda: client.run_on_scheduler(arrived), what="both tasks on the scheduler, one running")
         qc.cluster.scale(1)  # gracefully retire the only capable worker
         with pytest.raises(NoValidWorkerError):
             waiting.result(timeout=60)
