@@ -169,6 +169,8 @@ class QuantumCluster:
             scheduler_kwargs={"plugins": spec.scheduler_plugins(level)},
             plugins=spec.worker_plugins("quantum"),
         )
+        if not inproc:
+            kwargs["worker_class"] = nannies.QuantumNanny  # a worker's close cannot hang
         kwargs.update(cluster_kwargs)
         devices = self._gpu_devices(lay, inproc)
         if devices:
@@ -489,9 +491,6 @@ class QuantumCluster:
             self._client.close()
             self._client = None
         if self.cluster is not None:
-            # Before LocalCluster's own close, which gives each worker Dask's 5 s
-            # and waits forever on one whose close failed (see qdask.deploy.nannies).
-            self.cluster.sync(nannies.close_workers, self.cluster)
             self.cluster.close()
             self.cluster = None
         if self._tmpdir is not None:

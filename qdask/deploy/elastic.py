@@ -40,7 +40,6 @@ from typing import Any
 from distributed.deploy.adaptive import Adaptive
 
 from qdask.config import ElasticConfig
-from qdask.deploy import nannies
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +166,6 @@ class ElasticAdaptive(Adaptive):
         # Recorded once the scheduler let them go, not after the manager reaped
         # the processes (seconds later).
         await self._acted("down", old, old - len(gone))
-        # Closed here with a bound first: Dask's scale_down gives each Nanny 5 s
-        # and, should that close fail, waits on it forever at every later scale.
-        await nannies.close_workers(self.cluster, gone)
         f = self.cluster.scale_down(gone)
         if isawaitable(f):
             await f
