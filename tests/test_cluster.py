@@ -7,12 +7,15 @@ import signal
 import threading
 import time
 
+import dask
 import psutil
 import pytest
+from _processes import is_helper
 from distributed import Client
 
 from qdask import ClusterConfig, HybridConfig, QuantumCluster
-from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
+from qdask.deploy import forkserver
+from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES, detect_gpus
 
 
 def _wait(predicate, timeout=2.0, interval=0.05):
@@ -70,6 +73,31 @@ def test_join_and_kill_show_in_resources_within_2s():
         assert elapsed < 2
 
 
+def test_workers_fork_from_a_server_that_imported_cirq_and_qsim(cluster2):
+    # qdask.worker.start-method: forkserver (the default): without a GPU a
+    # worker is forked from a server that preloaded what the worker plugin
+    # imports; where NVML sees a GPU (the lent GPU machine) it is spawned as
+    # Dask does. Either way the worker has qsim and its plugin.
+    client = cluster2.get_client()
+    parents = [" ".join(c) for c in client.run(lambda: psutil.Process().parent().cmdline()).values()]
+    assert len(parents) == 2
+    method = dask.config.get("distributed.worker.multiprocessing-method")
+    if detect_gpus():
+        assert method == "spawn" and not any("multiprocessing.forkserver" in p for p in parents), parents
+    else:
+        assert method == "forkserver"
+        for server in parents:
+            assert "multiprocessing.forkserver" in server
+            assert all(repr(m) in server for m in forkserver.PRELOAD), server
+    assert all(r["resources"].get(QUANTUM) for r in cluster2.resources())
+
+
+def test_worker_start_method_is_checked():
+    with dask.config.set({"qdask.worker.start-method": "fork"}):
+        with pytest.raises(ValueError, match="start-method='fork' is invalid.*forkserver.*spawn.*Fix"):
+            forkserver.use_preloaded_forkserver()
+
+
 def test_graceful_leave_is_told_apart():
     with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB")) as qc:
         client = qc.get_client()
@@ -93,11 +121,10 @@ def test_quantum_devices_and_hybrid_roles():
 
 
 def _children():
-    """Our child processes, less multiprocessing's resource tracker (one per
-    interpreter, started by the first worker process and kept until exit)."""
+    """Our child processes, less multiprocessing's per-interpreter helpers."""
     return [
         p for p in psutil.Process().children(recursive=True)
-        if "resource_tracker" not in " ".join(p.cmdline())
+        if not is_helper(p)
     ]
 
 

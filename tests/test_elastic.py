@@ -26,9 +26,10 @@ SEED = 2024
 COOLDOWN = 2.0
 REPETITIONS = 50
 # 21 qubits: several seconds of work for one node, so the burst outlasts the
-# first step and its cooldown however fast a new worker starts; at 16 qubits
-# a worker that started in 0.2 s (forked with cirq imported) was done with all
-# of it before the cooldown ended, and the cluster never stepped to 4.
+# first step and its cooldown even where a new worker starts in 0.2 s (forked
+# with cirq imported, qdask.deploy.forkserver); at 16 qubits the second node
+# was done with all of it before the cooldown ended, and the cluster never
+# stepped to 4.
 CIRCUITS = [
     cirq.testing.random_circuit(cirq.LineQubit.range(21), n_moments=16, op_density=0.8, random_state=s)
     + cirq.measure(*cirq.LineQubit.range(21), key="m")

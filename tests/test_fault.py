@@ -26,6 +26,7 @@ import psutil
 import pytest
 import qsimcirq
 from _polling import wait_for
+from _processes import is_helper
 from test_fault_units import PATIENT, PoisonGate
 
 import qdask
@@ -75,14 +76,15 @@ class Killer(threading.Thread):
 def descendants() -> dict[int, str]:
     """Live child processes of this one: {pid: command line}.
 
-    multiprocessing's resource tracker is left out: Python starts it with the
-    first spawned process and keeps it for the life of the interpreter.
+    multiprocessing's resource tracker and forkserver are left out: Python
+    starts them with the first worker process and keeps them for the life of
+    the interpreter.
     """
     out = {}
     for p in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             cmdline = " ".join(p.cmdline())
-            if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in cmdline:
+            if p.status() != psutil.STATUS_ZOMBIE and not is_helper(p):
                 out[p.pid] = cmdline
     return out
 

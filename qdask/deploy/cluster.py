@@ -21,7 +21,7 @@ from qdask.config import (
     MonitoringConfig,
     MultiGPUConfig,
 )
-from qdask.deploy import elastic, mpi, nannies, spec
+from qdask.deploy import elastic, forkserver, mpi, nannies, spec
 from qdask.deploy.connect import connect_client
 from qdask.deploy.gpu import start_cuda_cluster
 from qdask.fault import client as fault
@@ -175,6 +175,8 @@ class QuantumCluster:
         devices = self._gpu_devices(lay, inproc)
         if devices:
             kwargs["n_workers"] = 0  # quantum workers added below, each with its own GPUs
+        elif not inproc:
+            forkserver.use_preloaded_forkserver()
         cluster = LocalCluster(**kwargs)
         try:
             template = cluster.new_spec
