@@ -142,6 +142,22 @@ def test_worker_joining_mid_batch_gets_work_only_when_dynamic(algorithm):
         assert qc.get_client().sync(client.scheduler.qdask_balancer_status)["stealing_active"]
 
 
+def test_a_joining_worker_is_balanced_to_at_once_not_at_the_next_check():
+    # An interval far beyond the batch: no periodic pass (qdask's or Dask's
+    # stealing) runs, so only the pass the join triggers can hand work over.
+    with QuantumCluster(ClusterConfig(num_nodes=1, memory_per_node="1GiB")) as qc:
+        client = qc.get_client()
+        lb = qc.start_load_balancer(LoadBalancerConfig(check_interval="10min"))
+        with dask.annotate(qdask={"qubits": 10}):
+            futures = [client.submit(where, 0.25, pure=False) for _ in range(24)]
+        time.sleep(0.5)
+        new = _add_big_worker(qc, memory=1 * 2**30)
+        ran_on = client.gather(futures)
+        assert ran_on.count(new) > 0
+        assert lb.status()["migrations"] > 0
+        lb.stop()
+
+
 def test_migration_respects_restrictions(hetero):
     qc, small, big = hetero
     client = qc.get_client()

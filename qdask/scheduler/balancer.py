@@ -90,6 +90,21 @@ class LoadBalancer:
             "stealing_active": "stealing" in self.scheduler.periodic_callbacks,
         }
 
+    def worker_running(self) -> None:
+        """Balance at once when a worker starts running (it joined, or was unpaused).
+
+        The worker then gets queued work now rather than at the next interval
+        (up to ``check_interval`` later): qdask's rule, then one pass of Dask's
+        own stealing, which hands idle workers the rest of their share.
+        """
+        if self.config is not None and CALLBACK in self.scheduler.periodic_callbacks:
+            self.scheduler.loop.add_callback(self._rebalance)
+
+    def _rebalance(self) -> None:
+        self.check()
+        if self.stealing is not None:
+            self.stealing.balance()
+
     def check(self) -> None:
         """One balancing pass: overloaded workers shed queued tasks to capable ones."""
         try:

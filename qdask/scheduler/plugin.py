@@ -180,6 +180,10 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
             self.fault.worker_event(msg)
         elif topic == "scheduler" and action == "worker-ttl-timed-out" and self.fault is not None:
             self.fault.heartbeat_lost(msg.get("workers", []))
+        elif action == "worker-status-change" and msg.get("status") == "running" and self.balancer is not None:
+            # A joining worker registers as "init" and is only offered work
+            # from here on (also after a pause); the add_worker hook is too early.
+            self.balancer.worker_running()
 
     # -- handlers ----------------------------------------------------------------
     def resources(self) -> list[dict[str, Any]]:
