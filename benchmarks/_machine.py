@@ -17,7 +17,7 @@ def _spin(n: int) -> float:
     return time.perf_counter() - t0
 
 
-def _timed(fn: Callable[..., Any], args: tuple) -> tuple[int, float, float]:
+def timed_call(fn: Callable[..., Any], args: tuple) -> tuple[int, float, float]:
     # time.monotonic is one system-wide clock on Linux: spans compare across processes.
     t0 = time.monotonic()
     fn(*args)
@@ -36,10 +36,10 @@ def speedup(fn: Callable[..., Any], args: tuple, warmup: tuple, processes: int =
     """
     with multiprocessing.get_context(context).Pool(processes) as pool:
         pool.starmap(fn, [warmup] * processes)
-        _, t0, t1 = pool.apply(_timed, (fn, args))
+        _, t0, t1 = pool.apply(timed_call, (fn, args))
         one = t1 - t0
         for _ in range(5):  # until each process got one of the concurrent calls
-            spans = pool.starmap(_timed, [(fn, args)] * processes, chunksize=1)
+            spans = pool.starmap(timed_call, [(fn, args)] * processes, chunksize=1)
             if len({pid for pid, _, _ in spans}) == processes:
                 break
         else:  # the calls ran one after another: no concurrent figure to report
