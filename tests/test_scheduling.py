@@ -158,6 +158,31 @@ def test_a_joining_worker_is_balanced_to_at_once_not_at_the_next_check():
         lb.stop()
 
 
+def paced(delay: float, straggler: str) -> str:
+    """``where``, on a cluster where the worker ``straggler`` runs four times slower."""
+    me = get_worker().address
+    time.sleep(delay * (4 if me == straggler else 1))
+    return me
+
+
+@pytest.mark.parametrize("algorithm", ["dynamic", "static"])
+def test_a_straggler_sheds_its_queue_only_when_dynamic(algorithm):
+    with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB")) as qc:
+        client = qc.get_client()
+        slow, fast = sorted(client.scheduler_info()["workers"])
+        lb = qc.start_load_balancer(LoadBalancerConfig(algorithm=algorithm, check_interval="100ms"))
+        with dask.annotate(qdask={"qubits": 10}):
+            futures = [client.submit(paced, 0.1, slow, pure=False) for _ in range(16)]
+        ran_on = client.gather(futures)
+        moved = lb.status()["dask_steals"] + lb.status()["migrations"]
+        # Placed evenly (8 each), as the equal occupancies say; only moves change that.
+        if algorithm == "dynamic":
+            # Ideal: 12.8 on the fast worker; the slow one ran ~2 by the time the fast one's 8 were done.
+            assert ran_on.count(fast) >= 11 and moved > 0
+        else:
+            assert ran_on.count(slow) == 8 and moved == 0
+
+
 def test_migration_respects_restrictions(hetero):
     qc, small, big = hetero
     client = qc.get_client()
