@@ -23,8 +23,8 @@ The bounds assume two full cores. On a shared 2-vCPU box two concurrent qsim
 processes get between ~1.5x and 2x of one (shared caches and memory bandwidth,
 the host's other load), so (a) and (b) also time a "split" peer in the same
 rounds: the circuits split in advance over processes pinned to the cores,
-without Dask (:class:`Split`), the best any scheduler could do on the machine
-as it is then; the per-round ratio to it is the figure drift blurs least. (c)
+without Dask (:class:`Split`), what the cores give as they are then; the
+per-round ratio to it is the figure drift blurs least. (c)
 prints the qsim capacity instead: two concurrent serial runs against one.
 
 Usage: ``python benchmarks/balance.py [--only a,b,c,d,e] [--repeats 3]``
@@ -53,6 +53,8 @@ from _machine import timed_call, turns  # noqa: E402
 from throughput import qsim_capacity, run_one, serial  # noqa: E402  (the same per-circuit work as the peers)
 
 LOOPBACK = dict(host="127.0.0.1", dashboard_address="127.0.0.1:0")
+#: The cores this process may run on; (a) and (b) pin to the first two.
+CORES = sorted(os.sched_getaffinity(0))
 
 
 def circuits(n: int, widths: tuple[int, int], depth: int, seed: int) -> list[cirq.Circuit]:
@@ -168,15 +170,19 @@ def best(name: str, bound: float, runs: dict[str, list[float]], **extra) -> dict
 
 
 class Split:
-    """The machine's own floor: the circuits split in advance over pinned processes, no Dask.
+    """What the cores give now: the circuits split in advance over pinned processes, no Dask.
 
-    Each part (longest circuits first, each to the part that ends soonest at
-    its core's ``speeds``) runs serially in a pool process pinned to its core,
-    so the run costs what the cores give now, with no scheduling, transfer or
-    idle overhead and a perfect split: a peer no scheduler can beat.
+    Part ``k`` (longest circuits first, each to the part that ends soonest
+    at its core's ``speeds``) runs serially in a pool process pinned to this
+    process's ``k``-th core: no scheduling, transfer or idle overhead, and a
+    split that is perfect while the cores run at ``speeds``. A dynamic
+    scheduler beats it only when they do not (a shared host's vCPUs drift
+    apart), so it stands for the machine's floor, not for a strict bound.
     """
 
     def __init__(self, cs: list[cirq.Circuit], speeds: list[float]) -> None:
+        if len(CORES) < len(speeds):
+            raise ValueError(f"Split over {len(speeds)} cores: this process may use only {CORES}")
         self.parts: list[list[cirq.Circuit]] = [[] for _ in speeds]
         load = [0.0] * len(speeds)
         for t, i in sorted(((t, i) for i, t in enumerate(serial_times(cs))), reverse=True):
@@ -185,11 +191,11 @@ class Split:
             load[core] += t
         # spawn: a cluster's threads are not safe to fork.
         self.pool = multiprocessing.get_context("spawn").Pool(len(speeds))
-        self.pool.starmap(_pinned, [(part[:1], core) for core, part in enumerate(self.parts)], chunksize=1)
+        self.pool.starmap(_pinned, [(part[:1], CORES[k]) for k, part in enumerate(self.parts)], chunksize=1)
 
     def __call__(self) -> float:
         for _ in range(5):
-            spans = self.pool.starmap(_pinned, [(part, core) for core, part in enumerate(self.parts)], chunksize=1)
+            spans = self.pool.starmap(_pinned, [(part, CORES[k]) for k, part in enumerate(self.parts)], chunksize=1)
             if len({pid for pid, _, _ in spans}) == len(self.parts):
                 return max(end for _, _, end in spans) - min(start for _, start, _ in spans)
         raise RuntimeError(f"the pool never ran the {len(self.parts)} parts at once")
@@ -207,6 +213,8 @@ def _pinned(part: list[cirq.Circuit], core: int) -> tuple[int, float, float]:
 
 
 def scenario_a(repeats: int) -> dict:
+    if len(CORES) < 2:
+        return {"name": "(a) bursts", "skipped": "needs 2 cores"}
     cs = circuits(90, (14, 22), 16, seed=1)
     bursts = [cs[:30], cs[30:60], cs[60:]]
 
@@ -233,16 +241,16 @@ def busy_core(core: int) -> Iterator[None]:
 
 @contextmanager
 def half_speed(client: Client) -> Iterator[None]:
-    """One worker on core 0, which it shares with a busy process, the other on core 1."""
+    """One worker on the first core, which it shares with a busy process, the other on the second."""
     slow, fast = sorted(client.run(os.getpid).values())
-    os.sched_setaffinity(slow, {0})
-    os.sched_setaffinity(fast, {1})
-    with busy_core(0):
+    os.sched_setaffinity(slow, {CORES[0]})
+    os.sched_setaffinity(fast, {CORES[1]})
+    with busy_core(CORES[0]):
         yield
 
 
 def scenario_b(repeats: int) -> dict:
-    if len(os.sched_getaffinity(0)) < 2:
+    if len(CORES) < 2:
         return {"name": "(b) half speed", "skipped": "needs 2 cores"}
     cs = circuits(120, (16, 21), 16, seed=2)
 
@@ -256,7 +264,7 @@ def scenario_b(repeats: int) -> dict:
     with Split(cs, [0.5, 1.0]) as split:  # also the serial warm-up
 
         def split_slowed() -> float:
-            with busy_core(0):
+            with busy_core(CORES[0]):
                 return split()
 
         # The serial runs go without the busy process: the bound is one full core and a half.
