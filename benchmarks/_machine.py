@@ -17,7 +17,7 @@ def _spin(n: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed_call(fn: Callable[..., Any], args: tuple) -> tuple[int, float, float]:
+def _timed(fn: Callable[..., Any], args: tuple) -> tuple[int, float, float]:
     # time.monotonic is one system-wide clock on Linux: spans compare across processes.
     t0 = time.monotonic()
     fn(*args)
@@ -36,16 +36,25 @@ def speedup(fn: Callable[..., Any], args: tuple, warmup: tuple, processes: int =
     """
     with multiprocessing.get_context(context).Pool(processes) as pool:
         pool.starmap(fn, [warmup] * processes)
-        _, t0, t1 = pool.apply(timed_call, (fn, args))
+        _, t0, t1 = pool.apply(_timed, (fn, args))
         one = t1 - t0
-        for _ in range(5):  # until each process got one of the concurrent calls
-            spans = pool.starmap(timed_call, [(fn, args)] * processes, chunksize=1)
-            if len({pid for pid, _, _ in spans}) == processes:
-                break
-        else:  # the calls ran one after another: no concurrent figure to report
-            raise RuntimeError(f"the pool never ran {processes} calls in {processes} processes at once")
-        many = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
+        many = concurrent_span(pool, fn, [args] * processes)
     return processes * one / many
+
+
+def concurrent_span(pool: Any, fn: Callable[..., Any], arglist: list[tuple]) -> float:
+    """Seconds from the first start to the last end of ``fn(*args)`` for each ``args``, one per pool process.
+
+    Each call is timed inside its process (sending the arguments stays out).
+    Retried until every call ran in a process of its own, as ``pool`` has as
+    many processes as ``arglist`` has calls.
+    """
+    for _ in range(5):
+        spans = pool.starmap(_timed, [(fn, args) for args in arglist], chunksize=1)
+        if len({pid for pid, _, _ in spans}) == len(arglist):
+            return max(end for _, _, end in spans) - min(start for _, start, _ in spans)
+    # The calls ran one after another: no concurrent figure to report.
+    raise RuntimeError(f"the pool never ran {len(arglist)} calls in {len(arglist)} processes at once")
 
 
 def parallel_capacity(processes: int = 2, n: int = 5_000_000) -> float:

@@ -49,7 +49,7 @@ import qdask
 from qdask import ClusterConfig, QuantumCluster
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _machine import timed_call, turns  # noqa: E402
+from _machine import concurrent_span, turns  # noqa: E402
 from throughput import qsim_capacity, run_one, serial  # noqa: E402  (the same per-circuit work as the peers)
 
 LOOPBACK = dict(host="127.0.0.1", dashboard_address="127.0.0.1:0")
@@ -194,11 +194,7 @@ class Split:
         self.pool.starmap(_pinned, [(part[:1], CORES[k]) for k, part in enumerate(self.parts)], chunksize=1)
 
     def __call__(self) -> float:
-        for _ in range(5):
-            spans = self.pool.starmap(_pinned, [(part, CORES[k]) for k, part in enumerate(self.parts)], chunksize=1)
-            if len({pid for pid, _, _ in spans}) == len(self.parts):
-                return max(end for _, _, end in spans) - min(start for _, start, _ in spans)
-        raise RuntimeError(f"the pool never ran the {len(self.parts)} parts at once")
+        return concurrent_span(self.pool, _pinned, [(part, CORES[k]) for k, part in enumerate(self.parts)])
 
     def __enter__(self) -> Split:
         return self
@@ -207,9 +203,9 @@ class Split:
         self.pool.terminate()
 
 
-def _pinned(part: list[cirq.Circuit], core: int) -> tuple[int, float, float]:
+def _pinned(part: list[cirq.Circuit], core: int) -> float:
     os.sched_setaffinity(0, {core})
-    return timed_call(serial, (part, 100))
+    return serial(part, 100)
 
 
 def scenario_a(repeats: int) -> dict:

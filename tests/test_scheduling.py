@@ -174,7 +174,8 @@ def test_a_straggler_sheds_its_queue_only_when_dynamic(algorithm):
         with dask.annotate(qdask={"qubits": 10}):
             futures = [client.submit(paced, 0.1, slow, pure=False) for _ in range(16)]
         ran_on = client.gather(futures)
-        moved = lb.status()["dask_steals"] + lb.status()["migrations"]
+        status = lb.status()
+        moved = status["dask_steals"] + status["migrations"]
         # Placed evenly (8 each), as the equal occupancies say; only moves change that.
         if algorithm == "dynamic":
             # Ideal: 12.8 on the fast worker; the slow one ran ~2 by the time the fast one's 8 were done.
