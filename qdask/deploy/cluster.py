@@ -21,7 +21,7 @@ from qdask.config import (
     MonitoringConfig,
     MultiGPUConfig,
 )
-from qdask.deploy import elastic, forkserver, mpi, nannies, spec
+from qdask.deploy import elastic, forkserver, guard, mpi, nannies, spec
 from qdask.deploy.connect import connect_client
 from qdask.deploy.gpu import start_cuda_cluster
 from qdask.fault import client as fault
@@ -97,6 +97,9 @@ class QuantumCluster:
             self._ensure_plugins(self._client)
             self._monitor_if_configured()
             return
+        if self.config.protocol != "inproc" and dask.config.get(forkserver.METHOD_KEY) != "fork":
+            # Before any process starts: an unguarded script would otherwise hang (see guard.py).
+            guard.check_main_guarded("QuantumCluster()")
         self.security = self._security(security)
         self._tmpdir = tempfile.mkdtemp(prefix="qdask-")
         try:

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 #: What the server imports before it forks any worker (what the worker plugin needs).
 PRELOAD = ("distributed", "cirq", "qsimcirq", "qdask.worker.plugin", "qdask.quantum.execute")
 METHODS = ("forkserver", "spawn")
-_METHOD_KEY = "distributed.worker.multiprocessing-method"
+METHOD_KEY = "distributed.worker.multiprocessing-method"
 
 
 def start_method() -> str:
@@ -54,11 +54,11 @@ def use_preloaded_forkserver() -> bool:
     when the user chose another Dask method than its default.
     """
     wanted = start_method()
-    if dask.config.get(_METHOD_KEY) == "forkserver":  # set here before, or by the user
+    if dask.config.get(METHOD_KEY) == "forkserver":  # set here before, or by the user
         return True
-    if wanted != "forkserver" or dask.config.get(_METHOD_KEY) != "spawn" or detect_gpus():
+    if wanted != "forkserver" or dask.config.get(METHOD_KEY) != "spawn" or detect_gpus():
         return False
-    dask.config.set({_METHOD_KEY: "forkserver"})
+    dask.config.set({METHOD_KEY: "forkserver"})
     # Dask sets its own preload list at its first call; ours replaces it
     # before the server starts (with the first worker), and includes it:
     # cirq imports numpy, pandas and scipy, distributed the rest.
