@@ -222,8 +222,8 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def qc3():
-    # Three workers: the poison test kills three in a row, and placement fails a task
-    # submitted while no worker at all is up (see qdask.scheduler.placement).
+    # Three workers: the poison test kills three in a row, and a task submitted while no
+    # worker at all is up would wait for one (qdask.scheduler.placement, rule 7).
     with dask.config.set(PATIENT), QuantumCluster(ClusterConfig(num_nodes=3, memory_per_node="1GiB")) as qc:
         yield qc
 

@@ -34,20 +34,29 @@ set priorities and restrictions and before any task is transitioned:
    again before it gets any, and pins those already sent to the capable
    workers. :func:`used_resources` counts pulled chunks as Dask counts
    restricted ones.
-6. **Never hang.** A task whose resource request no current worker can
+6. **Never hang.** A task whose resource request no registered worker can
    satisfy fails at once with :class:`UnsatisfiableError` naming the request
    and what the cluster offers; tasks whose capable workers leave later fail
    after ``qdask.scheduler.no-worker-timeout`` (Dask's own
    ``no-workers-timeout`` mechanism, which is off by default).
+7. **Zero workers is a moment.** While *no* worker is registered (every
+   worker OOM-killed at once, ``client.restart()``, a node reboot: the
+   nannies bring them back within a second or two) nothing is judged
+   unsatisfiable: tasks wait in ``no-worker`` up to that same timeout for
+   workers to return, and a client planning a batch
+   (:meth:`Placement.wait_for_workers`) waits as long for the first one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
+import time
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import format_bytes
+from distributed.core import Status
 
 from qdask import config
 from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
@@ -160,6 +169,8 @@ class Placement:
                     ts.annotations = {**ts.annotations, ANNOTATION: {**meta, PULLED: request}}
             if "est_seconds" in meta and ts.prefix.duration_average < 0:
                 ts.prefix.duration_average = float(meta["est_seconds"])
+        if not s.workers:
+            return  # rule 7: judged by Dask's no-workers-timeout, not against an empty cluster
         unsatisfiable = [
             key
             for key in keys
@@ -222,6 +233,8 @@ class Placement:
 
     def _fail(self, keys: list[Any]) -> None:
         s = self.scheduler
+        if not s.workers:
+            return  # every worker left since update_graph: rule 7
         recommendations: dict[Any, str] = {}
         stimulus_id = "qdask-unsatisfiable"
         offers = [dict(ws.resources) for ws in s.workers.values()]
@@ -235,6 +248,21 @@ class Placement:
                 s.transition(key, "erred", exception=pickle.dumps(err), cause=key, stimulus_id=stimulus_id)
             )
         s.transitions(recommendations, stimulus_id=stimulus_id)
+
+    async def wait_for_workers(self) -> None:
+        """Rule 7 for a client planning a batch: while no worker is registered, wait for one.
+
+        Waits at most the scheduler's ``no-workers-timeout``; returns either way
+        (the caller then sees the cluster as it is, and says what is missing).
+        """
+        s = self.scheduler
+        if s.workers:
+            return
+        timeout = s.no_workers_timeout or 0.0
+        deadline = time.monotonic() + timeout
+        logger.info("no worker registered: a batch waits up to %.1f s for workers to return", timeout)
+        while not s.workers and time.monotonic() < deadline and s.status == Status.running:
+            await asyncio.sleep(0.05)
 
     # -- worker objective ----------------------------------------------------------
     def worker_objective(self, ts: TaskState, ws: WorkerState) -> tuple:

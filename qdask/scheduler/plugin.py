@@ -194,10 +194,11 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
     def _resources_handler(self) -> list[dict[str, Any]]:
         return self.resources()
 
-    def _batch_context_handler(self) -> dict[str, Any]:
+    async def _batch_context_handler(self) -> dict[str, Any]:
         # What the client plans a batch with, in one round trip (Sampler.submit
         # latency: two calls cost a second trip through a busy scheduler).
-        assert self.routing is not None
+        assert self.routing is not None and self.placement is not None
+        await self.placement.wait_for_workers()  # zero workers is a moment (placement rule 7)
         return {"resources": self.resources(), "optimization_level": self.routing.level()}
 
     async def _balancer_configure(self, config: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Whole-cluster failures on real multi-process clusters: every worker SIGKILLed at once, chaos.
+
+Every result is compared with serial qsim under the same seed; "exactly once"
+means each circuit of the batch has one result, equal to the serial one, and
+(with fault tolerance on) one checkpoint written for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import cirq
+import dask
+import pytest
+import qsimcirq
+from _polling import wait_for
+
+import qdask
+from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
+
+
+def circuits_for(n: int, qubits: int, depth: int, seed0: int = 0) -> list[cirq.Circuit]:
+    q = cirq.LineQubit.range(qubits)
+    return [
+        cirq.testing.random_circuit(q, n_moments=depth, op_density=0.8, random_state=seed0 + i)
+        + cirq.measure(*q, key="m")
+        for i in range(n)
+    ]
+
+
+def worker_pids(qc: QuantumCluster) -> dict[str, int]:
+    return qc.get_client().run(os.getpid, on_error="ignore")
+
+
+def kill_all(pids: dict[str, int]) -> None:
+    """SIGKILL every worker process in one sweep (as an OOM killer or a reboot does)."""
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def circuit_tasks_done(dask_scheduler) -> int:
+    """Circuit chunk tasks that finished so far (their results may already be collected and forgotten)."""
+    return sum(
+        tp.state_counts["memory"] + tp.state_counts["released"] + tp.state_counts["forgotten"]
+        for name, tp in dask_scheduler.task_prefixes.items()
+        if name.startswith("qdask_sample")
+    )
+
+
+@pytest.mark.parametrize("fault_tolerance", [False, True], ids=["plain", "fault-tolerant"])
+def test_sigkill_every_worker_at_once_mid_batch_loses_nothing(tmp_path, fault_tolerance):
+    n, reps = 600, 20
+    circuits = circuits_for(n, 10, 14)
+    ref = qsimcirq.QSimSimulator(seed=11).run_batch(circuits, repetitions=reps)
+    # Only the issue's own failure mode: no patience beyond qdask's defaults.
+    with dask.config.set({"qdask.quantum.chunk-duration": "50ms"}), \
+            QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB")) as qc:
+        client = qc.get_client()
+        ft = qc.enable_fault_tolerance(FaultToleranceConfig(checkpoint_url=str(tmp_path / "ck"))) \
+            if fault_tolerance else None
+        pids = worker_pids(qc)
+        out: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                out["got"] = qdask.Sampler(client, seed=11, simulator="qsim").run_batch(circuits, repetitions=reps)
+            except BaseException as e:  # re-raised below, in the test's thread
+                out["error"] = e
+
+        t = threading.Thread(target=run, name="test-batch")
+        t0 = time.perf_counter()
+        t.start()
+        wait_for(lambda: client.run_on_scheduler(circuit_tasks_done) >= 2 or not t.is_alive(), what="first chunks done")
+        assert t.is_alive(), f"the batch ended before the kill: make it longer ({out.get('error')!r})"
+        kill_all(pids)
+        killed_at = time.perf_counter() - t0
+        t.join(timeout=240)
+        assert not t.is_alive()
+        if "error" in out:
+            raise out["error"]  # type: ignore[misc]
+        got = out["got"]
+        assert len(got) == n
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert a[0] == b[0], i
+        new = worker_pids(qc)
+        assert len(new) == 2 and not set(new.values()) & set(pids.values())  # both were restarted
+        written = None
+        if ft is not None:
+            ft.stop()
+            written = ft.checkpoints.stats["written"]
+            assert written == n and ft.checkpoints.stats.get("hits", 0) == 0
+            assert len(list((tmp_path / "ck").rglob("*.npz"))) == n
+        print(f"\nkill-all ({'fault-tolerant' if ft else 'plain'}): {n} circuits, both workers SIGKILLed at "
+              f"{killed_at:.2f} s, batch done in {time.perf_counter() - t0:.2f} s, all correct"
+              + (f", {written} checkpoints written (one each)" if ft else ""))
