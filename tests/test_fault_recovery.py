@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -349,7 +350,7 @@ def test_five_corrupt_checkpoints_are_detected_and_recomputed(qc, client, tmp_pa
     assert stats["corrupt"] == 5 and stats["hits"] == 15 and stats["written"] == 25
     assert [g[0] for g in again] == [g[0] for g in first] == [r[0] for r in ref]
     for path in damaged:  # rewritten with the recomputed result
-        decode(path.stem, path.read_bytes(), 0)
+        decode(path.stem, path.read_bytes(), 0, ft.checkpoints.secret)
 
 
 # -- settings ---------------------------------------------------------------------
@@ -363,7 +364,9 @@ def test_enable_reconfigures_and_stop_restores_dask_defaults(qc, client, tmp_pat
     dask_policies, allowed = policies(), s.allowed_failures
     with dask.config.set({"temporary-directory": str(tmp_path)}):
         ft = qc.enable_fault_tolerance(FaultToleranceConfig(replication_factor=3, max_failures=5))
-    assert ft.config.checkpoint_url == str(tmp_path / "qdask-checkpoints")  # the default location
+    default = tmp_path / f"qdask-checkpoints-{os.getuid()}"  # the default location: per user, private
+    assert ft.config.checkpoint_url == str(default)
+    assert stat.S_IMODE(default.stat().st_mode) == 0o700 and stat.S_IMODE((default / "qdask-hmac.key").stat().st_mode) == 0o600
     assert s.allowed_failures == 4
     assert "ReduceReplicas" not in policies() and {"KeepReplicas", "ReplicateResults"} <= set(policies())
     again = qc.enable_fault_tolerance(FaultToleranceConfig(max_failures=2, checkpoint_url=str(tmp_path / "b")))

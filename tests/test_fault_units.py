@@ -6,21 +6,32 @@ in-memory filesystem) and corrupt them the ways disks and crashes do.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 import random
 import signal
+import stat
 import threading
+from pathlib import Path
 
 import cirq
+import dask
 import numpy as np
 import pytest
 import sympy
 from _polling import wait_for
 
 from qdask.fault.checkpoint import (
+    HEADER,
+    HEADER_MAC,
+    KEY_FILE,
     CheckpointStore,
     CorruptCheckpoint,
+    InsecureStoreError,
+    _digest,
     content_keys,
     decode,
     encode,
@@ -42,6 +53,7 @@ from qdask.quantum.cost import CostModel
 from qdask.quantum.execute import TaskResult, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs
 
+SECRET = b"0123456789abcdef0123456789abcdef"
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
 VIEW = ClusterView(slots=2, max_statevector_bytes=2**30, backends=frozenset(bk.backend_names()), cost=COST,
                    big_threads=1)
@@ -157,13 +169,13 @@ def test_a_circuit_without_a_json_form_is_not_checkpointed():
 # -- file format ------------------------------------------------------------------
 def test_encode_decode_round_trip_records_and_arrays():
     blocks = [sample_result(3, 0, 5, seed=1), sample_result(3, 5, 7, seed=2)]
-    got = decode("k1", encode("k1", blocks), index=9)
+    got = decode("k1", encode("k1", blocks, SECRET), index=9, secret=SECRET)
     assert [(r.index, r.start) for r in got] == [(9, 0), (9, 5)]
     for a, b in zip(got, blocks):
         assert {k: v.tolist() for k, v in unpack_records(a.payload).items()} == {
             k: v.tolist() for k, v in unpack_records(b.payload).items()}
     state = TaskResult(0, 0, "qsim", 0.5, "w", (np.arange(8) / 8).astype(np.complex64), 64)
-    again = decode("k2", encode("k2", [state]), index=0)[0]
+    again = decode("k2", encode("k2", [state], SECRET), index=0, secret=SECRET)[0]
     assert again.payload.dtype == np.complex64 and np.array_equal(again.payload, state.payload)
 
 
@@ -183,13 +195,15 @@ def _corruptions(data: bytes, array: np.ndarray) -> dict[str, bytes]:
 
 def test_every_corruption_is_detected():
     result = sample_result(reps=64)
-    data = encode("k", [result])
+    data = encode("k", [result], SECRET)
     for name, bad in _corruptions(data, result.payload["m"][0]).items():
         with pytest.raises(CorruptCheckpoint):
-            decode("k", bad, 0)
+            decode("k", bad, 0, SECRET)
         assert bad != data, name
     with pytest.raises(CorruptCheckpoint, match="holds key"):
-        decode("other", data, 0)  # a file renamed or copied under another key
+        decode("other", data, 0, SECRET)  # a file renamed or copied under another key
+    with pytest.raises(CorruptCheckpoint, match="HMAC"):
+        decode("k", data, 0, b"another store's secret..........")  # written under another secret
 
 
 # -- the store --------------------------------------------------------------------
@@ -199,7 +213,8 @@ def test_store_writes_atomically_and_reads_back(tmp_path):
     assert list((tmp_path / "ckpt").rglob("*.npz")) == []  # buffered until a flush
     assert store.flush() == 1
     files = list((tmp_path / "ckpt").rglob("*"))
-    assert [f.name for f in files if f.is_file()] == ["ab" + "0" * 62 + ".npz"]  # no temporary file left
+    # No temporary file left; the store's HMAC key beside the results.
+    assert sorted(f.name for f in files if f.is_file()) == ["ab" + "0" * 62 + ".npz", KEY_FILE]
     assert store.keys() == ["ab" + "0" * 62]
     assert store.get("ab" + "0" * 62, index=4)[0].index == 4
     assert store.get("cd" + "0" * 62, index=0) is None
@@ -221,6 +236,102 @@ def test_store_rejects_a_corrupt_file_and_logs_it(tmp_path, caplog):
     store.flush()
     assert store.get(key, 0) is not None
     store.close()
+
+
+def _forge(data: bytes) -> bytes:
+    """What a local user who can write the store does: new samples, every plain SHA-256 recomputed."""
+    with np.load(io.BytesIO(data)) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    header = json.loads(arrays.pop(HEADER).tobytes())
+    arrays.pop(HEADER_MAC)
+    for name in header["sha256"]:
+        arrays[name] = np.ones_like(arrays[name])  # every sample forged to 1
+        header["sha256"][name] = _digest(arrays[name])
+    text = json.dumps(header, sort_keys=True).encode()
+    buf = io.BytesIO()
+    np.savez(buf, **{HEADER: np.frombuffer(text, np.uint8),
+                     HEADER_MAC: np.frombuffer(hashlib.sha256(text).hexdigest().encode(), np.uint8)}, **arrays)
+    return buf.getvalue()
+
+
+def test_forged_and_foreign_checkpoints_count_as_corrupt_and_are_recomputed(tmp_path, caplog):
+    store = CheckpointStore(str(tmp_path / "ours"))
+    other = CheckpointStore(str(tmp_path / "theirs"))  # another store: another secret
+    assert store.secret != other.secret and len(store.secret) == 32
+    forged_key, foreign_key = "aa" + "4" * 62, "bb" + "4" * 62
+    for s in (store, other):
+        s.put(forged_key, [sample_result()])
+        s.put(foreign_key, [sample_result()])
+        s.flush()
+    forged = Path(store.path(forged_key))
+    forged.write_bytes(_forge(forged.read_bytes()))
+    Path(store.path(foreign_key)).write_bytes(Path(other.path(foreign_key)).read_bytes())  # valid, elsewhere
+    with caplog.at_level(logging.WARNING, logger="qdask.fault.checkpoint"):
+        assert store.get(forged_key, 0) is None and store.get(foreign_key, 0) is None
+    assert store.stats["corrupt"] == 2 and store.stats.get("hits", 0) == 0
+    assert caplog.text.count("HMAC mismatch") == 2
+    assert other.get(foreign_key, 0) is not None  # the file is fine under its own store's secret
+    store.put(forged_key, [sample_result()])  # the recomputed result replaces the forgery
+    store.flush()
+    assert unpack_records(store.get(forged_key, 0)[0].payload)["m"].tolist() == \
+        unpack_records(sample_result().payload)["m"].tolist()
+    store.close()
+    other.close()
+
+
+def test_a_local_store_is_private_directories_0700_files_0600(tmp_path):
+    root = tmp_path / "deep" / "ck"
+    store = CheckpointStore(f"file://{root}")
+    key = "cd" + "5" * 62
+    store.put(key, [sample_result()])
+    store.flush()
+    modes = {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+    assert modes == {".": 0o700, KEY_FILE: 0o600, key[:2]: 0o700, f"{key[:2]}/{key}.npz": 0o600}
+    store.close()
+    again = CheckpointStore(str(root))  # a second store on it reads the same key
+    assert again.secret == store.secret and again.get(key, 0) is not None
+    again.close()
+
+
+def _owned_by_another_user(tmp_path):
+    if os.getuid() == 0:  # root (CI containers): give a directory away
+        path = tmp_path / "foreign"
+        path.mkdir(mode=0o700)
+        os.chown(path, 65534, 65534)
+        return path
+    return Path("/")  # root's, not ours
+
+
+def test_a_store_directory_of_another_user_or_writable_by_others_is_refused(tmp_path):
+    foreign = _owned_by_another_user(tmp_path)
+    with pytest.raises(InsecureStoreError, match=r"is owned by uid \d+, not by this user .*Fix: use a directory"):
+        CheckpointStore(str(foreign))
+    for mode in (0o777, 0o770, 0o702):
+        shared = tmp_path / f"shared{mode:o}"
+        shared.mkdir()
+        shared.chmod(mode)
+        with pytest.raises(InsecureStoreError, match=f"has mode {mode:04o}: others than its owner can write it.*"
+                                                     f"Fix: chmod 700 {shared}"):
+            CheckpointStore(str(shared))
+    readable = tmp_path / "readable"
+    CheckpointStore(str(readable)).close()
+    (readable / KEY_FILE).chmod(0o644)  # the key others can read: they could sign forgeries
+    with pytest.raises(InsecureStoreError, match="checkpoint key file .* has mode 0644.*Fix: chmod 600"):
+        CheckpointStore(str(readable))
+
+
+def test_the_default_store_is_per_user_and_refused_when_another_user_made_it(tmp_path):
+    from qdask.fault.client import default_checkpoint_url
+
+    with dask.config.set({"temporary-directory": str(tmp_path)}):
+        url = default_checkpoint_url()
+    assert url == str(tmp_path / f"qdask-checkpoints-{os.getuid()}")
+    CheckpointStore(url).close()
+    assert stat.S_IMODE(os.stat(url).st_mode) == 0o700
+    if os.getuid() == 0:
+        os.chown(url, 65534, 65534)  # planted by another user before us
+        with pytest.raises(InsecureStoreError, match="owned by uid 65534"):
+            CheckpointStore(url)
 
 
 def test_background_flusher_writes_without_being_asked_and_stops_on_close():

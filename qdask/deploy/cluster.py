@@ -426,7 +426,8 @@ class QuantumCluster:
         ----------
         config : FaultToleranceConfig, optional
             Defaults from ``qdask.fault-tolerance.*``; ``checkpoint_url=None``
-            stores checkpoints in ``<temporary-directory>/qdask-checkpoints``.
+            stores checkpoints in a private per-user directory,
+            ``<temporary-directory>/qdask-checkpoints-<uid>`` (mode 0700).
 
         Returns
         -------

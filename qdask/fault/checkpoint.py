@@ -16,11 +16,25 @@ Key
 File
     ``<root>/<key[:2]>/<key>.npz``: a NumPy ``.npz`` (never pickle) holding the
     result arrays, a JSON header (``__header__``) describing the blocks and the
-    SHA-256 of every array, and the SHA-256 of the header (``__sha256__``).
-    Written to a temporary name, then renamed: a reader sees a whole file or none.
+    SHA-256 of every array, and an HMAC-SHA256 of the header (``__hmac__``)
+    under the store's secret. Written to a temporary name, then renamed: a
+    reader sees a whole file or none.
+Authentication
+    A plain checksum only catches accidents: anyone who can write the store
+    can recompute it and have a forged result returned as a hit (issue 24).
+    The HMAC's secret is 32 random bytes in ``<root>/qdask-hmac.key``, created
+    with the store (mode 0600), or the ``secret`` the caller passes (e.g.
+    derived from the cluster's TLS key with :func:`secret_from_file`). A file
+    written under another secret, by another store or by hand, fails its HMAC.
+Permissions (local stores)
+    The store's directories are created 0700 and its files 0600; a store
+    directory owned by another user, or writable by anyone but its owner, is
+    refused with :class:`InsecureStoreError` (another user could replace
+    files, or the key). The default store lives in a per-user directory
+    (:func:`qdask.fault.client.default_checkpoint_url`).
 Reading
-    A file that does not load, whose header or arrays fail their checksum, or
-    that names another key is *corrupt*: it is counted, logged and treated as
+    A file that does not load, whose HMAC or array checksums fail, or that
+    names another key is *corrupt*: it is counted, logged and treated as
     missing, so the circuit is recomputed and the file replaced.
 Buffering
     :meth:`CheckpointStore.put` buffers; a background thread flushes every
@@ -31,9 +45,13 @@ Buffering
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
+import os
+import secrets
+import stat
 import threading
 import uuid
 import zipfile
@@ -54,9 +72,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Version of the key material and file layout; part of every key.
-FORMAT = 1
+#: 2: the header is authenticated by an HMAC (1 had a plain SHA-256).
+FORMAT = 2
 HEADER = "__header__"
-HEADER_SHA = "__sha256__"
+HEADER_MAC = "__hmac__"
+#: Name of the store's secret, in its root.
+KEY_FILE = "qdask-hmac.key"
+SECRET_BYTES = 32
 
 #: { gate: its cirq.to_json } -- batches reuse a few gate objects, and
 #: serializing each operation anew costs ~10x more than the lookup.
@@ -153,8 +175,12 @@ def _digest(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def encode(key: str, results: list[TaskResult]) -> bytes:
-    """The ``.npz`` bytes of one circuit's results (all its blocks, in repetition order)."""
+def _mac(secret: bytes, header: bytes) -> bytes:
+    return hmac.new(secret, header, hashlib.sha256).hexdigest().encode()
+
+
+def encode(key: str, results: list[TaskResult], secret: bytes) -> bytes:
+    """The ``.npz`` bytes of one circuit's results (all its blocks, in repetition order), authenticated by ``secret``."""
     arrays: dict[str, np.ndarray] = {}
     blocks = []
     for b, r in enumerate(results):
@@ -181,7 +207,7 @@ def encode(key: str, results: list[TaskResult]) -> bytes:
     np.savez(
         buf,
         **{HEADER: np.frombuffer(header, dtype=np.uint8),
-           HEADER_SHA: np.frombuffer(hashlib.sha256(header).hexdigest().encode(), dtype=np.uint8)},
+           HEADER_MAC: np.frombuffer(_mac(secret, header), dtype=np.uint8)},
         **arrays,
     )
     return buf.getvalue()
@@ -191,18 +217,18 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file failed to load or to verify."""
 
 
-def decode(key: str, data: bytes, index: int) -> list[TaskResult]:
-    """Verify and read a file written by :func:`encode`; raises :class:`CorruptCheckpoint`."""
+def decode(key: str, data: bytes, index: int, secret: bytes) -> list[TaskResult]:
+    """Verify (under ``secret``) and read a file written by :func:`encode`; raises :class:`CorruptCheckpoint`."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             stored = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CorruptCheckpoint(f"unreadable: {type(e).__name__}: {e}") from e
-    if HEADER not in stored or HEADER_SHA not in stored:
-        raise CorruptCheckpoint("no header")
+    if HEADER not in stored or HEADER_MAC not in stored:
+        raise CorruptCheckpoint("no authenticated header (a file of another qdask version, or not qdask's)")
     header_bytes = stored.pop(HEADER).tobytes()
-    if hashlib.sha256(header_bytes).hexdigest().encode() != stored.pop(HEADER_SHA).tobytes():
-        raise CorruptCheckpoint("header checksum mismatch")
+    if not hmac.compare_digest(_mac(secret, header_bytes), stored.pop(HEADER_MAC).tobytes()):
+        raise CorruptCheckpoint("header HMAC mismatch (altered, or written under another store's secret)")
     header = json.loads(header_bytes)
     if header.get("format") != FORMAT or header.get("key") != key:
         raise CorruptCheckpoint(f"file holds key {header.get('key')!r}, format {header.get('format')!r}")
@@ -228,6 +254,60 @@ def decode(key: str, data: bytes, index: int) -> list[TaskResult]:
     return results
 
 
+# -- keys and permissions -------------------------------------------------------------
+class InsecureStoreError(PermissionError):
+    """A local checkpoint store (or its key) that another user could write or read."""
+
+
+def secret_from_file(path: str | os.PathLike[str]) -> bytes:
+    """A store secret derived from a file only its owners can read, e.g. the cluster's TLS key.
+
+    Every client that has the file gets the same secret, so they share one
+    store without copying ``qdask-hmac.key``::
+
+        CheckpointStore(url, secret=secret_from_file("client-key.pem"))
+    """
+    with open(path, "rb") as f:
+        return hmac.new(b"qdask-checkpoint-secret", f.read(), hashlib.sha256).digest()
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def check_private(path: str, *, directory: bool) -> None:
+    """Refuse a store directory (or key file) owned by another user or open to others.
+
+    A directory must be owned by this user and writable by no one else; a key
+    file also readable by no one else. Raises :class:`InsecureStoreError`
+    naming what, why and the fix.
+    """
+    st = os.stat(path)
+    what = "checkpoint store directory" if directory else "checkpoint key file"
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise InsecureStoreError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {uid}): its owner could replace "
+            "results and have them returned as yours. Fix: use a directory of your own (checkpoint_url=None "
+            "gives a private per-user one), or have it chowned to you."
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    forbidden = 0o022 if directory else 0o077
+    if mode & forbidden:
+        who = "others than its owner can write it" if directory else "others than its owner can read or write it"
+        raise InsecureStoreError(
+            f"{what} {path} has mode {mode:04o}: {who}, so they could forge results. "
+            f"Fix: chmod {'700' if directory else '600'} {path}"
+        )
+
+
+def _makedirs_private(path: str) -> None:
+    # The mode applies to the directories created here (umask can only narrow it).
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
 # -- the store ----------------------------------------------------------------------
 class CheckpointStore:
     """Circuit results on an fsspec filesystem, under their content keys.
@@ -239,13 +319,23 @@ class CheckpointStore:
     interval : float, optional
         Seconds between background flushes of buffered results; None flushes
         only on :meth:`flush` and :meth:`close`.
+    secret : bytes, optional
+        Key of the files' HMAC; None: the store's own ``qdask-hmac.key``
+        (created with it, mode 0600). See :func:`secret_from_file`.
     **storage_options
         Passed to ``fsspec.core.url_to_fs`` (credentials, ...).
+
+    Raises
+    ------
+    InsecureStoreError
+        A local store directory owned by another user or writable by others,
+        or a key file others can read or write.
 
     Attributes
     ----------
     stats : collections.Counter
-        ``hits``, ``misses``, ``corrupt`` (files rejected), ``written``, ``write_errors``.
+        ``hits``, ``misses``, ``corrupt`` (files rejected: damaged, forged or
+        of another store), ``written``, ``write_errors``.
 
     Examples
     --------
@@ -258,10 +348,18 @@ class CheckpointStore:
     >>> store.close()
     """
 
-    def __init__(self, url: str, interval: float | None = None, **storage_options: Any) -> None:
+    def __init__(
+        self, url: str, interval: float | None = None, *, secret: bytes | None = None, **storage_options: Any
+    ) -> None:
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.local = _is_local(self.fs)
+        if self.local:
+            _makedirs_private(self.root)
+            check_private(self.root, directory=True)
+        else:
+            self.fs.makedirs(self.root, exist_ok=True)
+        self.secret = secret if secret is not None else self._load_secret()
         self.stats: Counter[str] = Counter()
         self._buffer: dict[str, list[TaskResult]] = {}
         self._lock = threading.Lock()  # the buffer
@@ -275,6 +373,36 @@ class CheckpointStore:
                 target=self._flush_every, args=(interval,), name="qdask-checkpoint-flusher", daemon=True
             )
             self._thread.start()
+
+    def _load_secret(self) -> bytes:
+        """The store's HMAC key: read from its key file, created (0600) by the first store to open it."""
+        path = f"{self.root.rstrip('/')}/{KEY_FILE}"
+        if self.local:
+            if not os.path.exists(path):
+                tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(SECRET_BYTES))
+                try:
+                    os.link(tmp, path)  # atomic, and never over a key another process made meanwhile
+                except FileExistsError:
+                    pass
+                finally:
+                    os.unlink(tmp)
+            check_private(path, directory=False)
+            with open(path, "rb") as f:
+                secret = f.read()
+        else:
+            # Object stores have no modes: their access control is the bucket's.
+            if not self.fs.exists(path):
+                self.fs.pipe_file(path, secrets.token_bytes(SECRET_BYTES))
+            secret = self.fs.cat_file(path)
+        if len(secret) < 16:
+            raise InsecureStoreError(
+                f"checkpoint key file {path} holds {len(secret)} bytes, too few for a secret (at least 16). "
+                "Fix: delete it (the store's files then count as corrupt and are recomputed once)."
+            )
+        return secret
 
     def path(self, key: str) -> str:
         """Where the result of ``key`` lives."""
@@ -295,7 +423,7 @@ class CheckpointStore:
             self.stats["misses"] += 1
             return None
         try:
-            results = decode(key, data, index)
+            results = decode(key, data, index, self.secret)
         except CorruptCheckpoint as e:
             self.stats["corrupt"] += 1
             logger.warning("checkpoint %s is corrupt (%s); circuit %d is recomputed", path, e, index)
@@ -324,7 +452,7 @@ class CheckpointStore:
         written = 0
         for key, results in pending.items():
             try:
-                self._write(key, encode(key, results))
+                self._write(key, encode(key, results, self.secret))
                 written += 1
             except Exception:
                 # A full disk or a lost connection must not fail the batch: the
@@ -336,11 +464,18 @@ class CheckpointStore:
 
     def _write(self, key: str, data: bytes) -> None:
         final = self.path(key)
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+        if self.local:
+            _makedirs_private(final.rsplit("/", 1)[0])
+            # Created 0600: never readable by others, not even until a chmod.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, final)  # a rename: readers see the old file, or the whole new one
+            return
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
-        # A rename: readers see the old file, or the whole new one.
         self.fs.mv(tmp, final)
 
     def _flush_every(self, interval: float) -> None:

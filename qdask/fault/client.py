@@ -33,10 +33,16 @@ _LOCK = threading.Lock()
 
 
 def default_checkpoint_url() -> str:
-    """``<dask temporary-directory or the system's>/qdask-checkpoints``: where checkpoints go
-    when ``checkpoint_url`` is None (outside the cluster's own directory, so they survive it)."""
+    """``<dask temporary-directory or the system's>/qdask-checkpoints-<uid>``: where checkpoints go
+    when ``checkpoint_url`` is None.
+
+    Outside the cluster's own directory, so they survive it; one per user,
+    created 0700 by :class:`~qdask.fault.checkpoint.CheckpointStore`, which
+    refuses it when another user made it first (a shared, predictable
+    ``<tmp>/qdask-checkpoints`` let any local user plant results).
+    """
     root = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-    return os.path.join(root, "qdask-checkpoints")
+    return os.path.join(root, f"qdask-checkpoints-{os.getuid()}")
 
 
 class FaultTolerance:
