@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -38,6 +39,14 @@ class CircuitInfo:
         Names of symbols without a value.
     unsupported_gates : tuple of str
         Operations that are neither unitary, channel nor measurement.
+    classical_control : bool
+        Some operation is classically controlled (``with_classical_controls``).
+    max_dimension : int
+        Largest dimension of a qid (above 2: qudits, ``cirq.LineQid``).
+    confusion_maps : bool
+        Some measurement has a confusion map.
+    widest_op : int
+        Qubits of the widest operation (qsim takes gates on up to 6).
     """
 
     num_qubits: int
@@ -52,11 +61,25 @@ class CircuitInfo:
     measurement_keys: tuple[str, ...] = ()
     unresolved: tuple[str, ...] = ()
     unsupported_gates: tuple[str, ...] = ()
+    classical_control: bool = False
+    max_dimension: int = 2
+    confusion_maps: bool = False
+    widest_op: int = 0
 
     @property
     def per_repetition(self) -> bool:
         """Each repetition needs its own simulation (noise or mid-circuit measurement)."""
         return self.has_noise or not self.terminal_measurements
+
+    @property
+    def qudits(self) -> bool:
+        """Some qid is not a qubit (qsim simulates qubits only)."""
+        return self.max_dimension != 2
+
+    @property
+    def state_qubits(self) -> float:
+        """log2 of the state vector's length: ``num_qubits``, more for qudits."""
+        return self.num_qubits * math.log2(self.max_dimension) if self.qudits else float(self.num_qubits)
 
 
 @dataclass(frozen=True)
@@ -84,9 +107,11 @@ _CACHE_MAX = 4096
 
 
 def _classify(op: cirq.Operation) -> tuple[str, bool]:
-    """("measure" | "param" | "unitary" | "noise" | "unsupported", is Clifford)."""
+    """("measure" | "param" | "classical" | "unitary" | "noise" | "unsupported", is Clifford)."""
     if cirq.is_measurement(op):
         return "measure", True
+    if isinstance(op, cirq.ClassicallyControlledOperation):
+        return "classical", False
     if cirq.is_parameterized(op):
         return "param", False
     if cirq.has_unitary(op):
@@ -146,6 +171,8 @@ def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
     parameterized = False
     terminal = True
     unsupported: set[str] = set()
+    classical = confusion = False
+    widest = 0
     later: set[cirq.Qid] = set()  # qubits that moments after the current one act on
     measurements: list[list[cirq.Operation]] = []  # per moment, last moment first
     moments = circuit.moments
@@ -155,14 +182,19 @@ def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
             name, kind, is_clifford, wide = _facts(op)
             counts[name] += 1
             two_qubit += wide
+            if wide and kind != "measure" and len(op.qubits) > widest:  # qsim measures any number
+                widest = len(op.qubits)
             clifford = clifford and is_clifford
             if kind == "measure":
                 terminal = terminal and later.isdisjoint(op.qubits)
                 here.append(op)
+                confusion = confusion or bool(getattr(op.gate, "confusion_map", None))
             elif kind == "param":
                 parameterized = True
             elif kind == "noise":
                 noise = True
+            elif kind == "classical":
+                classical = True
             elif kind == "unsupported":
                 unsupported.add(name)
         if here:
@@ -182,4 +214,8 @@ def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
         measurement_keys=tuple(keys),
         unresolved=tuple(sorted(cirq.parameter_names(circuit))) if parameterized else (),
         unsupported_gates=tuple(sorted(unsupported)),
+        classical_control=classical,
+        max_dimension=max((q.dimension for q in later), default=2),
+        confusion_maps=confusion,
+        widest_op=widest or min(len(later), 1),
     )

@@ -9,9 +9,13 @@ Each backend answers, for an analysed circuit and a kind of work ("sample",
 "state", "expectation", "amplitudes"), whether it can run it and with how
 much memory; ``choose`` picks one automatically:
 
+* what qsim cannot run (classical control, qudits, confusion maps, gates on
+  more than 6 qubits) and final states of circuits that measure (whose
+  measurement values ``simulate`` returns) -> ``cirq`` (cirq's own simulator);
 * Clifford circuits without noise, sampled -> ``stim`` (polynomial, any width);
-* exact noisy state (density matrix) small enough -> ``density-matrix``;
-* circuits with noise channels -> ``qsim-trajectories``;
+* circuits with noise channels -> ``qsim-trajectories`` (states and amplitudes
+  are one sampled trajectory, as ``qsimcirq`` gives them); the exact noisy
+  state (``density-matrix``) only when asked for by name;
 * everything else -> ``qsim`` (state vector), or ``qsim-gpu`` from
   ``qdask.gpu.min-qubits`` qubits on where a worker offers it.
 
@@ -55,6 +59,10 @@ QSIMH = "qsimh"
 SERIAL_EQUIVALENT = ("qsim", "qsim-trajectories")
 #: Widest density matrix cirq's simulator is allowed (16**n bytes of complex64).
 DENSITY_MATRIX_MAX_QUBITS = 12
+#: qsim's widest gate (qsimcirq raises NotImplementedError above it).
+QSIM_MAX_GATE_QUBITS = 6
+#: qsim option keys qdask sets from the backend (GPU or not), never from the caller's ``qsim_options``.
+_BACKEND_KEYS = ("g", "gmode")
 
 
 class SeedStream(np.random.RandomState):
@@ -81,13 +89,21 @@ class RunOptions:
     """Per-call settings a backend receives on the worker.
 
     ``seeds`` are the prescribed seed draws (see :class:`SeedStream`); None
-    means fresh randomness.
+    means fresh randomness. ``initial_state`` is a basis state (int) or a
+    complex64 state vector. ``qsim_options`` are the caller's (qsim's short
+    keys, ``QSimOptions.as_dict()``), applied over qdask's. A noisy
+    expectation value averages ``trajectories`` trajectories from
+    ``first_trajectory`` on: qsim seeds trajectory ``i`` of a call with
+    ``seed + i``, so a block of them is the serial call's own.
     """
 
     seeds: np.ndarray | None = None
     threads: int = 1
     max_fused_gate_size: int = 2
-    initial_state: int = 0
+    initial_state: int | np.ndarray = 0
+    qsim_options: dict[str, Any] | None = None
+    trajectories: int = 1
+    first_trajectory: int = 0
 
     @property
     def first_seed(self) -> int | None:
@@ -143,10 +159,21 @@ def _on_noisy_device(circuit: cirq.AbstractCircuit, repetitions: int, opts: RunO
 
 
 @functools.lru_cache(maxsize=16)
-def _qsim_settings(backend: type[QSimBackend], threads: int, max_fused_gate_size: int) -> tuple[Any, dict[str, Any]]:
+def _qsim_settings(
+    backend: type[QSimBackend], threads: int, max_fused_gate_size: int, qsim_options: tuple[tuple[str, Any], ...] = ()
+) -> tuple[Any, dict[str, Any]]:
     """(qsim module, option dict) of ``backend``'s simulator for these options; both only read."""
-    sim = backend()._simulator(RunOptions(threads=threads, max_fused_gate_size=max_fused_gate_size))
+    opts = RunOptions(threads=threads, max_fused_gate_size=max_fused_gate_size, qsim_options=dict(qsim_options) or None)
+    sim = backend()._simulator(opts)
     return sim._sim_module, dict(sim.qsim_options)
+
+
+def qsim_option_dict(opts: RunOptions, **backend: Any) -> dict[str, Any]:
+    """qsim's option dict for a call: qdask's threads and fusion, the caller's options over them, the backend's keys."""
+    options = {"t": opts.threads, "f": opts.max_fused_gate_size}
+    options.update((k, v) for k, v in (opts.qsim_options or {}).items() if k not in _BACKEND_KEYS)
+    options.update(backend)
+    return options
 
 
 class QSimBackend:
@@ -168,6 +195,9 @@ class QSimBackend:
         return str(qsimcirq.__version__)
 
     def unsupported(self, info: CircuitInfo, work: str) -> str | None:
+        why = qsim_limit(info)
+        if why is not None:
+            return why
         if info.has_noise and not self.noisy:
             return "the circuit has noise channels (use 'qsim-trajectories' or 'density-matrix')"
         if self.noisy and not info.has_noise:
@@ -191,9 +221,8 @@ class QSimBackend:
     def _simulator(self, opts: RunOptions) -> Any:
         import qsimcirq
 
-        options = qsimcirq.QSimOptions(cpu_threads=opts.threads, max_fused_gate_size=opts.max_fused_gate_size)
         seed = SeedStream(opts.seeds) if opts.seeds is not None else None
-        return qsimcirq.QSimSimulator(options, seed=seed)
+        return qsimcirq.QSimSimulator(qsim_option_dict(opts, g=False), seed=seed)
 
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
         noisy = _on_noisy_device(circuit, repetitions, opts)
@@ -203,10 +232,13 @@ class QSimBackend:
         # circuit noiseless with only terminal measurements (seed_draws);
         # qsim_fast runs qsimcirq's path for that without its per-call overhead.
         if not self.noisy and repetitions > 1 and opts.seeds is not None and len(opts.seeds) == 1:
-            from qdask.quantum.qsim_fast import sample_final_state
+            from qdask.quantum.qsim_fast import sample_circuit
 
-            module, options = _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size)
-            return sample_final_state(module, options, circuit, repetitions, int(opts.seeds[0]))
+            caller = tuple(sorted((opts.qsim_options or {}).items()))
+            module, options = _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size, caller)
+            records = sample_circuit(module, options, circuit, repetitions, int(opts.seeds[0]))
+            if records is not None:
+                return records
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
@@ -230,7 +262,12 @@ class QSimBackend:
     ) -> list[np.ndarray]:
         """Expectation values at several parameter points: one qsimcirq sweep, as a serial caller makes it."""
         values = self._simulator(opts).simulate_expectation_values_sweep(
-            circuit, observables=observables, params=resolvers, qubit_order=qubit_order, initial_state=opts.initial_state
+            circuit,
+            observables=observables,
+            params=resolvers,
+            qubit_order=qubit_order,
+            initial_state=opts.initial_state,
+            permit_terminal_measurements=True,  # the caller's check ran on the client
         )
         return [np.asarray(v, dtype=np.complex128) for v in values]
 
@@ -242,15 +279,102 @@ class QSimBackend:
 
 
 class QSimTrajectoriesBackend(QSimBackend):
-    """qsim quantum trajectories for circuits with noise channels (sampling, expectations)."""
+    """qsim quantum trajectories for circuits with noise channels.
+
+    As ``qsimcirq`` does: a state or amplitudes are those of one sampled
+    trajectory (seeded); an expectation value averages
+    ``ev_noisy_repetitions`` trajectories, which the planner may split into
+    blocks (:attr:`RunOptions.first_trajectory`) run on several workers.
+    """
 
     name = "qsim-trajectories"
     noisy = True
 
+    def expectation(
+        self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        from dataclasses import replace
+
+        seeds = None if opts.seeds is None else opts.seeds[:1] + opts.first_trajectory
+        block = replace(opts, seeds=seeds, qsim_options={**(opts.qsim_options or {}), "r": opts.trajectories})
+        return super().expectation(circuit, observables, qubit_order, block)
+
+
+def qsim_limit(info: CircuitInfo) -> str | None:
+    """What qsim cannot simulate in this circuit (None: nothing); cirq's simulator runs all of it."""
+    if info.classical_control:
+        return "classically controlled operations (qsim cannot parse them; 'cirq' runs them)"
+    if info.qudits:
+        return f"qudits of dimension {info.max_dimension} (qsim simulates qubits only; 'cirq' runs them)"
+    if info.confusion_maps:
+        return "measurements with a confusion map (qsim cannot apply them; 'cirq' does)"
+    if info.widest_op > QSIM_MAX_GATE_QUBITS:
+        return f"a gate on {info.widest_op} qubits (qsim takes up to {QSIM_MAX_GATE_QUBITS}; 'cirq' runs it)"
+    return None
+
+
+class CirqBackend:
+    """cirq's state-vector simulator, for what qsim cannot run or return.
+
+    Classical control and measurement feedback, qudits, confusion maps, gates
+    on more than 6 qubits; and final states of circuits that measure, whose
+    measurement values ``simulate`` returns as cirq does (qsim returns none).
+    One seed per call: the repetitions of a sampling call stay in one task.
+    """
+
+    name = "cirq"
+
+    def available(self) -> bool:
+        return True
+
+    def version(self) -> str:
+        import cirq
+
+        return str(cirq.__version__)
+
     def unsupported(self, info: CircuitInfo, work: str) -> str | None:
-        if work in ("state", "amplitudes"):
-            return f"trajectories give a random pure state, not an exact noisy {work} (use 'density-matrix')"
-        return super().unsupported(info, work)
+        if info.unsupported_gates:
+            return f"gates without a unitary or channel: {sorted(info.unsupported_gates)}"
+        return None
+
+    def memory_bytes(self, info: CircuitInfo, work: str) -> int:
+        # cirq keeps a state and a buffer of the same size.
+        return statevector_bytes(info.state_qubits, 2 * config.get("worker.sampling-workspace"))
+
+    def _simulator(self, opts: RunOptions) -> Any:
+        import cirq
+
+        return cirq.Simulator(dtype=np.complex64, seed=opts.first_seed)
+
+    def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
+        noisy = _on_noisy_device(circuit, repetitions, opts)
+        if noisy is not None:
+            return noisy
+        return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
+
+    def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> tuple[np.ndarray, dict]:
+        """(final state vector, measurement values by key), as ``cirq.Simulator.simulate`` gives them."""
+        result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order, initial_state=opts.initial_state)
+        measurements = {k: np.asarray(v) for k, v in result.measurements.items()}
+        return np.asarray(result.final_state_vector, dtype=np.complex64), measurements
+
+    def expectation(
+        self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        values = self._simulator(opts).simulate_expectation_values(
+            circuit,
+            observables=observables,
+            qubit_order=qubit_order,
+            initial_state=opts.initial_state,
+            permit_terminal_measurements=True,  # the caller's check ran on the client
+        )
+        return np.asarray(values, dtype=np.complex128)
+
+    def amplitudes(
+        self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        amps = self._simulator(opts).compute_amplitudes(circuit, bitstrings=bitstrings, qubit_order=qubit_order)
+        return np.asarray(amps, dtype=np.complex64)
 
 
 class StimBackend:
@@ -348,7 +472,11 @@ class DensityMatrixBackend:
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
     ) -> np.ndarray:
         values = self._simulator(opts).simulate_expectation_values(
-            circuit, observables=observables, qubit_order=qubit_order, initial_state=opts.initial_state
+            circuit,
+            observables=observables,
+            qubit_order=qubit_order,
+            initial_state=opts.initial_state,
+            permit_terminal_measurements=True,  # the caller's check ran on the client
         )
         return np.asarray(values, dtype=np.complex128)
 
@@ -451,8 +579,12 @@ def choose(info: CircuitInfo, work: str, allowed: list[str] | None = None) -> st
     Raises ``ValueError`` when no backend can run it.
     """
     names = allowed if allowed is not None else backend_names()
-    if info.has_noise:
-        order = ["density-matrix", "qsim-trajectories"] if work == "state" else ["qsim-trajectories", "density-matrix"]
+    if qsim_limit(info) is not None or (work == "state" and info.has_measurements):
+        order = ["cirq"]
+    elif info.has_noise:
+        # A noisy state is one trajectory, as qsimcirq gives it; the exact
+        # density matrix only by name (simulator="density-matrix").
+        order = ["qsim-trajectories"]
     elif work == "sample" and info.is_clifford and info.num_qubits >= 4:
         order = ["stim", "qsim"]
     else:
@@ -543,7 +675,7 @@ class QSimGPUBackend(QSimBackend):
     def _simulator(self, opts: RunOptions) -> Any:
         import qsimcirq
 
-        options = qsimcirq.QSimOptions(use_gpu=True, gpu_mode=0, max_fused_gate_size=opts.max_fused_gate_size)
+        options = qsim_option_dict(opts, g=True, gmode=0)
         try:
             return qsimcirq.QSimSimulator(options, seed=SeedStream(opts.seeds) if opts.seeds is not None else None)
         except ValueError as e:  # qsimcirq's answer to use_gpu=True without a CUDA build
