@@ -1,78 +1,217 @@
-"""qsimcirq's sampling of many small circuits, without its per-circuit Python overhead.
+"""Compact circuits: sampling with qsim, each gate translated once per batch, no cirq objects on the worker.
 
 On circuits of a few qubits qsim's C++ simulation takes microseconds; the
-milliseconds go to qsimcirq's Python: scans of every operation for noise and
-mid-circuit measurements, a simulator and random state per call, a
-``cirq.decompose`` and a parameter extraction for every operation, and the
-shots unpacked bit by bit. A worker runs the same qsimcirq path -- the same
-qsim circuit, the same seed, the same C++ call -- without those repeats:
+milliseconds go to Python: qsimcirq decomposes, classifies and translates
+every operation of every circuit, and pickling cirq circuits to a worker and
+back into objects costs as much again. A batch sees all its circuits first,
+so the client translates each distinct gate (by value) once into what qsim's
+circuit builder takes, and sends each circuit as a :class:`CompactCircuit`:
+a flat array of (gate, time, qubits) references into the batch's
+:class:`GateTable`, and its measurements as column indices. A worker feeds
+that straight into the same ``qsim`` calls ``qsimcirq`` makes
+(``add_gate``, ``add_diagonal_gate``, ``add_matrix_gate``,
+``control_last_gate``), in the same order with the same times, then one
+``qsim_sample_final`` with the prescribed seed: the records are bit-identical
+to ``QSimSimulator(seed=...).run`` (``tests/test_quantum_units.py``).
 
-* what the client's analysis settled (noiseless, measured only at the end:
-  one simulation serves every repetition) is not checked again;
-* each gate object is translated once per worker (a chunk shares its gate
-  objects: pickling keeps identity), then only its qubits change;
-* operations that are not native gates (controlled, needing decomposition)
-  take qsimcirq's own per-operation translation.
+A parameterised gate goes into the table unresolved and is translated on the
+worker for each sweep point; the rest of the circuit is translated once.
 
-The samples are bit-identical to ``QSimSimulator(seed=...).run``
-(``tests/test_quantum_units.py``). Written against qsimcirq 0.22 (pinned).
+The compact form covers what qsimcirq samples from one final state: noiseless
+circuits whose measurements are all terminal, more than one repetition. The
+planner sends every other circuit as it is (``metadata["path"] == "cirq"``).
+
+qsimcirq's translation decisions are private functions of
+``qsimcirq.qsim_circuit``; they are used here and only here (see
+:data:`PRIVATE`, checked by a canary test). Written against qsimcirq 0.22.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cirq
 import numpy as np
 from qsimcirq import qsim_circuit as qc
 
-#: { id(gate): (gate, add or None) }; the value holds the gate, so its id is
-#: never reused by another object while the entry exists.
-_GATES: dict[int, tuple[cirq.Gate, Callable[[int, list[int], Any], None] | None]] = {}
-_GATES_MAX = 4096
+#: The private qsimcirq names this module relies on (``qsimcirq.qsim_circuit``
+#: attributes, and the gate attribute qsimcirq reads for diagonal gates).
+#: ``tests/test_quantum_units.py`` fails with their names if an upgrade drops one.
+PRIVATE = ("_cirq_gate_kind", "_has_cirq_gate_kind", "_control_details", "GATE_PARAMS", "qsim")
+_DIAGONAL_ANGLES = "_diag_angles_radians"
+
+# -- stage timings --------------------------------------------------------------------
+
+#: Seconds spent per stage in this process (client: "encode"; worker: "decode",
+#: "qsim", "pack"), for ``benchmarks/throughput.py``'s breakdown.
+STAGES: Counter[str] = Counter()
+_STAGES_LOCK = threading.Lock()
 
 
-def _adder(gate: cirq.Gate) -> Callable[[int, list[int], Any], None] | None:
-    """``add(time, qubits, circuit)`` as qsimcirq's ``add_op_to_circuit`` would add ``gate``; None if not native."""
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Add the time spent in the block to :data:`STAGES` ``[name]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        with _STAGES_LOCK:
+            STAGES[name] += time.perf_counter() - t0
+
+
+def take_stages() -> dict[str, float]:
+    """:data:`STAGES` so far, then reset (``client.run(take_stages)`` reads workers')."""
+    with _STAGES_LOCK:
+        out = dict(STAGES)
+        STAGES.clear()
+    return out
+
+
+# -- the gate table -------------------------------------------------------------------
+
+#: A gate as qsim takes it: (qubits, op, payload, controls), plain picklable values.
+#: op "gate": payload (GateKind name, {param: float}); "diag": diagonal angles;
+#: "matrix": the unitary as [re, im, ...]; "sym": the unresolved cirq gate,
+#: translated per sweep point. controls: None, or (number of control qubits,
+#: positions of the effective controls among them, their values).
+Entry = tuple[int, str, Any, Any]
+
+
+def _entry(gate: cirq.Gate) -> Entry | None:
+    """What ``qsimcirq.qsim_circuit.add_op_to_circuit`` adds for ``gate``; None where it cannot (kind unknown)."""
+    arity = gate.num_qubits()
+    if cirq.is_parameterized(gate):
+        return (arity, "sym", gate, None)
+    controls = None
+    target = gate
     if isinstance(gate, cirq.ControlledGate):
-        return None
+        n = gate.num_controls()
+        # Which controls count depends only on the gate: ask with positions for qubits.
+        positions, values = qc._control_details(gate, list(range(n)))
+        if arity - n > 4:
+            return None  # qsimcirq raises NotImplementedError: the cirq path says so
+        controls = (n, tuple(positions), list(values))
+        target = gate.sub_gate
     kind = qc._cirq_gate_kind(gate)
     if kind is None:
         return None
     qsim = qc.qsim
     if kind in (qsim.kTwoQubitDiagonalGate, qsim.kThreeQubitDiagonalGate):
-        angles = gate._diag_angles_radians
-        return lambda time, qubits, circuit: qsim.add_diagonal_gate(time, qubits, angles, circuit)
+        return (arity, "diag", list(getattr(target, _DIAGONAL_ANGLES)), controls)
     if kind == qsim.kMatrixGate:
-        matrix = [v for x in list(cirq.unitary(gate).flat) for v in (x.real, x.imag)]
-        return lambda time, qubits, circuit: qsim.add_matrix_gate(time, qubits, matrix, circuit)
+        return (arity, "matrix", [v for x in cirq.unitary(target).flat for v in (x.real, x.imag)], controls)
     params = {}
-    for name, value in vars(gate).items():
+    for name, value in vars(target).items():
         key = name.strip("_")
         if key not in qc.GATE_PARAMS:
             continue
         if not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError("Parameters must be numeric.")
-        params[key] = value
-    return lambda time, qubits, circuit: qsim.add_gate(kind, time, qubits, params, circuit)
+            return None  # qsimcirq raises "Parameters must be numeric."
+        params[key] = float(value)
+    return (arity, "gate", (kind.name, params), controls)
 
 
-def _cached_adder(op: cirq.Operation) -> Callable[[int, list[int], Any], None] | None:
-    # qsimcirq keeps any operation whose gate is native as it is (Pauli and
-    # tagged operations included) and adds it by its gate and qubits alone;
-    # controlled operations have their own path.
-    gate = op.gate
-    if gate is None or isinstance(op, cirq.ControlledOperation):
-        return None
-    entry = _GATES.get(id(gate))
-    if entry is None:
-        if isinstance(gate, cirq.MatrixGate):  # not kept: up to 64 KB each, and rarely shared
-            return _adder(gate)
-        if len(_GATES) >= _GATES_MAX:
-            _GATES.clear()
-        entry = _GATES[id(gate)] = (gate, _adder(gate))
-    return entry[1]
+class _Registry:
+    """The client's gates seen lately, each translated once: entries by index, found by id or by value.
+
+    Indices stay valid within a generation; :func:`begin_batch` starts a new
+    one when the entries fill up, forgetting the encoded circuits too (they
+    refer to indices). Bounded: a caller who builds a new gate per operation
+    (random unitaries) must not grow it forever.
+    """
+
+    MAX_ENTRIES = 1 << 16
+    MAX_CIRCUITS = 4096
+
+    def __init__(self, generation: int = 0) -> None:
+        self.generation = generation
+        self.entries: list[Entry] = []
+        self.by_id: dict[int, tuple[cirq.Gate, int]] = {}  # holds the gate: its id stays its own
+        self.by_value: dict[tuple[Any, ...], int] = {}
+        self.circuits: dict[int, tuple[cirq.AbstractCircuit, tuple[cirq.Moment, ...], CompactCircuit | None]] = {}
+
+    def index(self, gate: cirq.Gate) -> int:
+        """The entry index of ``gate`` (-1: not translatable)."""
+        hit = self.by_id.get(id(gate))
+        if hit is not None:
+            return hit[1]
+        matrix = isinstance(gate, cirq.MatrixGate)  # not by value: rarely shared, up to 64 KB to hash
+        try:
+            key = None if matrix else _value_key(gate)
+            i = None if matrix else self.by_value.get(key)
+        except TypeError:  # unhashable attributes: by id only
+            matrix = True
+            i = None
+        if i is None:
+            try:
+                entry = _entry(gate)
+            except (ValueError, NotImplementedError):  # qsimcirq refuses it: its own path says why
+                entry = None
+            i = -1 if entry is None else len(self.entries)
+            if entry is not None:
+                self.entries.append(entry)
+            if not matrix:
+                self.by_value[key] = i
+        if len(self.by_id) >= self.MAX_ENTRIES:
+            self.by_id.clear()
+        self.by_id[id(gate)] = (gate, i)
+        return i
+
+
+def _value_key(gate: Any) -> tuple[Any, ...]:
+    """A gate's exact attribute values, as qsimcirq reads them.
+
+    Not cirq's value equality: that compares exponents modulo their period
+    (``Z**1.5 == Z**-0.5``), while qsim is handed the exponent itself, and a
+    different float gives different fused matrices, so other samples.
+    """
+    return (type(gate), *((k, _value_key(v) if isinstance(v, cirq.Gate) else v) for k, v in vars(gate).items()))
+
+
+_REGISTRY = _Registry()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def begin_batch() -> None:
+    """Start a new generation of gate entries if the registry is full (between batches only)."""
+    global _REGISTRY
+    with _REGISTRY_LOCK:
+        if len(_REGISTRY.entries) >= _Registry.MAX_ENTRIES or len(_REGISTRY.by_value) >= _Registry.MAX_ENTRIES:
+            _REGISTRY = _Registry(_REGISTRY.generation + 1)
+
+
+@dataclass
+class CompactCircuit:
+    """A circuit as qsim's builder takes it, gates as references into a :class:`GateTable`.
+
+    Attributes
+    ----------
+    num_qubits : int
+        Qubits of the circuit (measured-only ones included).
+    ops : numpy.ndarray
+        int32, per gate in qsimcirq's order: table index, time, then its
+        qubits in qsim's numbering (reversed default order).
+    measurements : tuple
+        ``(key, columns, invert)`` per key: int arrays (instances, width) of
+        the measured qubits' positions in the default order, and invert masks.
+    gates : numpy.ndarray
+        The distinct table indices in ``ops``.
+    parameterized : bool
+        Some entry is unresolved ("sym"): bound per sweep point on the worker.
+    """
+
+    num_qubits: int
+    ops: np.ndarray
+    measurements: tuple[tuple[str, np.ndarray, np.ndarray], ...]
+    gates: np.ndarray
+    parameterized: bool
+    generation: int  # of the registry its indices refer to
 
 
 def _to_matrix(op: cirq.Operation) -> Any:
@@ -81,67 +220,237 @@ def _to_matrix(op: cirq.Operation) -> Any:
     return NotImplemented if matrix is None else cirq.MatrixGate(matrix).on(*op.qubits)
 
 
-def translate(program: qc.QSimCircuit) -> Any:
-    """``program.translate_cirq_to_qsim(cirq.QubitOrder.DEFAULT)[0]``, translating each gate object once."""
-    circuit = qc.qsim.Circuit()
-    ordered = cirq.QubitOrder.DEFAULT.order_for(program.all_qubits())
-    circuit.num_qubits = len(ordered)
-    index = {q: i for i, q in enumerate(reversed(ordered))}  # qsim numbers qubits in reverse
-    time_offset = 0
-    for moment in program:
-        steps = []
+def _native(op: cirq.Operation) -> bool:
+    # qsimcirq keeps an operation as it is when it has a gate kind (so cirq.decompose
+    # would return [op]); for plain gate operations that depends on the gate alone.
+    return qc._has_cirq_gate_kind(op)
+
+
+def encode(circuit: cirq.AbstractCircuit, *, cache: bool = True) -> CompactCircuit | None:
+    """The compact form of a noiseless circuit; None where it has none (measurements not all terminal).
+
+    ``cache``: a circuit whose moments are still the same objects (moments
+    are immutable) is not encoded again. None where qsimcirq would refuse the
+    circuit (confusion maps, a key measured with different widths,
+    untranslatable gates): its own path then raises what it raises.
+    """
+    with _REGISTRY_LOCK, stage("encode"):
+        return _encode_cached(circuit, cache)
+
+
+def _encode_cached(circuit: cirq.AbstractCircuit, cache: bool) -> CompactCircuit | None:
+    reg = _REGISTRY
+    moments = tuple(circuit.moments)
+    hit = reg.circuits.get(id(circuit)) if cache else None
+    if hit is not None and len(hit[1]) == len(moments) and all(a is b for a, b in zip(hit[1], moments)):
+        return hit[2]
+    compact = _encode(reg, circuit, moments)
+    if cache:
+        if len(reg.circuits) >= reg.MAX_CIRCUITS:
+            reg.circuits.clear()
+        reg.circuits[id(circuit)] = (circuit, moments, compact)
+    return compact
+
+
+def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.Moment, ...]) -> CompactCircuit | None:
+    ordered = cirq.QubitOrder.DEFAULT.order_for(circuit.all_qubits())
+    n = len(ordered)
+    column = {q: i for i, q in enumerate(ordered)}
+    qsim_index = {q: n - 1 - i for i, q in enumerate(ordered)}  # qsim numbers qubits in reverse
+    ops: list[int] = []
+    measured: dict[str, tuple[list[list[int]], list[list[bool]]]] = {}
+    done: set[cirq.Qid] = set()  # measured qubits: no later operation may act on them
+    offset = 0
+    for moment in moments:
+        steps: list[list[tuple[int, tuple[cirq.Qid, ...]]]] = []
+        if done and not done.isdisjoint(moment.qubits):
+            return None  # a measurement is not terminal: qsimcirq simulates each repetition
         for op in moment:
-            add = _cached_adder(op)
-            if add is not None:  # a native gate: cirq.decompose would keep it as it is
-                steps.append([(op, add)])
+            gate = op.gate
+            if isinstance(gate, cirq.MeasurementGate):
+                # qsimcirq samples with measurements replaced by identities, which add no gate.
+                if gate.confusion_map:
+                    return None
+                done.update(op.qubits)
+                cols, inverts = measured.setdefault(cirq.measurement_key_name(gate), ([], []))
+                if cols and len(cols[0]) != len(op.qubits):
+                    return None
+                cols.append([column[q] for q in op.qubits])
+                inverts.append(list(gate.full_invert_mask()))
+                continue
+            if gate is not None and _native(op):
+                subs = [op]
             else:
-                steps.append([(sub, None) for sub in cirq.decompose(op, fallback_decomposer=_to_matrix, keep=qc._has_cirq_gate_kind)])
+                subs = cirq.decompose(op, fallback_decomposer=_to_matrix, keep=qc._has_cirq_gate_kind)
+            step = []
+            for sub in subs:
+                i = reg.index(sub.gate) if sub.gate is not None else -1
+                if i < 0:
+                    return None
+                step.append((i, sub.qubits))
+            steps.append(step)
         length = max((len(s) for s in steps), default=0)
-        for gi in range(length):  # gates must be added in time order
+        for gi in range(length):  # qsimcirq adds gates in time order
             for step in steps:
                 if gi < len(step):
-                    op, add = step[gi]
-                    if add is not None:
-                        add(time_offset + gi, [index[q] for q in op.qubits], circuit)
-                    else:
-                        qc.add_op_to_circuit(op, time_offset + gi, index, circuit)
-        time_offset += length
+                    i, qubits = step[gi]
+                    ops.append(i)
+                    ops.append(offset + gi)
+                    ops.extend(qsim_index[q] for q in qubits)
+        offset += length
+    flat = np.asarray(ops, dtype=np.int32)
+    gates = np.unique(_gate_column(flat, reg.entries)) if len(flat) else np.zeros(0, np.int32)
+    return CompactCircuit(
+        num_qubits=n,
+        ops=flat,
+        measurements=tuple(
+            (key, np.asarray(cols, dtype=np.intp), np.asarray(inverts, dtype=np.int8))
+            for key, (cols, inverts) in measured.items()
+        ),
+        gates=gates.astype(np.int32),
+        parameterized=any(reg.entries[int(i)][1] == "sym" for i in gates),
+        generation=reg.generation,
+    )
+
+
+def _gate_column(flat: np.ndarray, entries: list[Entry]) -> list[int]:
+    out, p, values = [], 0, flat.tolist()
+    while p < len(values):
+        i = values[p]
+        out.append(i)
+        p += 2 + entries[i][0]
+    return out
+
+
+class GateTable:
+    """The gate entries one batch's compact circuits refer to (sent once per batch, loaded once per worker)."""
+
+    def __init__(self, entries: dict[int, Entry]) -> None:
+        self.entries = entries
+        self._adders: dict[int, tuple[int, Callable[[int, list[int], Any], None] | None]] | None = None
+
+    @classmethod
+    def for_circuits(cls, circuits: list[CompactCircuit]) -> GateTable:
+        """The entries ``circuits`` use, from the client's registry."""
+        with _REGISTRY_LOCK:
+            return cls._of(circuits)
+
+    @classmethod
+    def _of(cls, circuits: list[CompactCircuit]) -> GateTable:
+        reg = _REGISTRY
+        stale = {c.generation for c in circuits} - {reg.generation}
+        if stale:  # begin_batch runs between batches only, so this is a bug, not a race
+            raise RuntimeError(f"compact circuits of registry generations {sorted(stale)}, now {reg.generation}")
+        used = np.unique(np.concatenate([c.gates for c in circuits])) if circuits else np.zeros(0, np.int32)
+        return cls({int(i): reg.entries[int(i)] for i in used})
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return GateTable, (self.entries,)
+
+    def adders(self) -> dict[int, tuple[int, Callable[[int, list[int], Any], None] | None]]:
+        """{index: (qubits, add(time, qubits, circuit))}; add None for parameterised entries."""
+        if self._adders is None:
+            self._adders = {i: (e[0], _adder(e) if e[1] != "sym" else None) for i, e in self.entries.items()}
+        return self._adders
+
+
+# -- worker: build, sample, records ----------------------------------------------------------
+
+
+def _adder(entry: Entry) -> Callable[[int, list[int], Any], None]:
+    """``add(time, qubits, circuit)``: the qsim calls ``add_op_to_circuit`` makes for ``entry``."""
+    qsim = qc.qsim
+    _, op, payload, controls = entry
+    if op == "diag":
+        add = lambda t, qs, c: qsim.add_diagonal_gate(t, qs, payload, c)  # noqa: E731
+    elif op == "matrix":
+        add = lambda t, qs, c: qsim.add_matrix_gate(t, qs, payload, c)  # noqa: E731
+    else:
+        kind, params = getattr(qsim, payload[0]), payload[1]
+        add = lambda t, qs, c: qsim.add_gate(kind, t, qs, params, c)  # noqa: E731
+    if controls is None:
+        return add
+    n, positions, values = controls
+
+    def add_controlled(t: int, qs: list[int], c: Any) -> None:
+        add(t, qs[n:], c)
+        qsim.control_last_gate([qs[p] for p in positions], values, c)
+
+    return add_controlled
+
+
+def _bind(entry: Entry, resolver: cirq.ParamResolver) -> Callable[[int, list[int], Any], None]:
+    """The adder of a parameterised entry at one sweep point."""
+    resolved = _entry(cirq.resolve_parameters(entry[2], resolver))
+    if resolved is None or resolved[1] == "sym":
+        raise ValueError(f"gate {entry[2]!r} at {resolver.param_dict} is not a numeric qsim gate")
+    return _adder(resolved)
+
+
+def build(compact: CompactCircuit, table: GateTable, resolver: cirq.ParamResolver | None = None) -> Any:
+    """The ``qsim.Circuit`` qsimcirq translates the circuit into (``resolver`` binds its parameters)."""
+    adders = table.adders()
+    if compact.parameterized:
+        resolver = resolver if resolver is not None else cirq.ParamResolver()
+        adders = {**adders, **{int(i): (table.entries[int(i)][0], _bind(table.entries[int(i)], resolver))
+                               for i in compact.gates if adders[int(i)][1] is None}}
+    circuit = qc.qsim.Circuit()
+    circuit.num_qubits = compact.num_qubits
+    values = compact.ops.tolist()
+    p, end = 0, len(values)
+    while p < end:
+        arity, add = adders[values[p]]
+        q = p + 2
+        add(values[p + 1], values[q : q + arity], circuit)  # type: ignore[misc]
+        p = q + arity
     return circuit
 
 
-def sample_final_state(module: Any, options: dict[str, Any], circuit: cirq.AbstractCircuit, repetitions: int, seed: int) -> dict[str, np.ndarray]:
-    """``QSimSimulator(seed).run(circuit, repetitions)`` records of a noiseless circuit measured only at the end.
-
-    qsimcirq's own path for the case (``_sample_measure_results``):
-    measurements replaced by identities, the prescribed seed, one
-    ``qsim_sample_final`` call on ``module`` with ``options`` (from a
-    ``QSimSimulator`` configured as the backend's). Returns int8 arrays
-    (repetitions, instances, qubits) per key.
-    """
-    program = qc.QSimCircuit(circuit)  # also refuses confusion maps, as qsimcirq does
-    qubits = cirq.QubitOrder.DEFAULT.order_for(program.all_qubits())
-    column = {q: i for i, q in enumerate(qubits)}
-    measurements: dict[str, list[cirq.Operation]] = {}
-    measured_moments = set()
-    for i, op, _ in program.findall_operations_with_gate_type(cirq.MeasurementGate):
-        measurements.setdefault(cirq.measurement_key_name(op), []).append(op)
-        measured_moments.add(i)
-    for key, ops in measurements.items():
-        if len({len(op.qubits) for op in ops}) > 1:
-            raise ValueError(f"repeated key {key!r} with different numbers of qubits: {[len(op.qubits) for op in ops]}")
-    for i in measured_moments:  # qsimcirq rebuilds every moment; the others come out equal
-        program.moments[i] = cirq.Moment(
-            [cirq.IdentityGate(1).on(q) for q in op.qubits] if isinstance(op.gate, cirq.MeasurementGate) else op
-            for op in program.moments[i]
-        )
-    raw = module.qsim_sample_final({**options, "c": translate(program), "s": seed}, repetitions)
-    # Bit n-1-j of a shot is the j-th qubit of the order.
-    shifts = np.arange(len(qubits) - 1, -1, -1, dtype=np.uint64)
+def records(raw: Any, compact: CompactCircuit) -> dict[str, np.ndarray]:
+    """int8 records (repetitions, instances, width) per key from ``qsim_sample_final``'s shots."""
+    # Bit n-1-j of a shot is the j-th qubit of the default order.
+    shifts = np.arange(compact.num_qubits - 1, -1, -1, dtype=np.uint64)
     bits = ((np.asarray(raw, dtype=np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.int8)
-    return {
-        key: np.stack(
-            [bits[:, [column[q] for q in op.qubits]] ^ np.asarray(op.gate.full_invert_mask(), dtype=np.int8) for op in ops],
-            axis=1,
-        )
-        for key, ops in measurements.items()
-    }
+    return {key: bits[:, cols] ^ invert for key, cols, invert in compact.measurements}
+
+
+def sample(
+    module: Any,
+    options: dict[str, Any],
+    compact: CompactCircuit,
+    table: GateTable,
+    repetitions: int,
+    seed: int,
+    resolver: cirq.ParamResolver | None = None,
+) -> dict[str, np.ndarray]:
+    """``QSimSimulator(seed).run(circuit, repetitions)``'s records, from the compact form.
+
+    qsimcirq's own path for a noiseless circuit measured at the end: one
+    ``qsim_sample_final`` call on ``module`` with ``options`` (a
+    ``QSimSimulator``'s, see ``backends._qsim_settings``) and the prescribed
+    seed serves every repetition.
+    """
+    with stage("decode"):
+        circuit = build(compact, table, resolver)
+    with stage("qsim"):
+        raw = module.qsim_sample_final({**options, "c": circuit, "s": seed}, repetitions)
+    with stage("pack"):
+        return records(raw, compact)
+
+
+def sample_circuit(
+    module: Any, options: dict[str, Any], circuit: cirq.AbstractCircuit, repetitions: int, seed: int
+) -> dict[str, np.ndarray] | None:
+    """:func:`sample` of a (resolved) cirq circuit, encoded here; None where it has no compact form.
+
+    A worker that got the circuit as a cirq object takes this path (``metadata["path"] == "cirq"``):
+    the circuit is a fresh object per chunk, so it is not cached.
+    """
+    begin_batch()
+    with _REGISTRY_LOCK:
+        with stage("encode"):
+            compact = _encode_cached(circuit, cache=False)
+        if compact is None:
+            return None
+        table = GateTable._of([compact])
+    return sample(module, options, compact, table, repetitions, seed)
