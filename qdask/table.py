@@ -6,8 +6,9 @@ from typing import Any
 
 from dask.utils import format_bytes
 
-#: Columns shown by ``str(table)``; the rows keep every field.
-_BYTES = {"memory_limit", "statevector_bytes"}
+#: Fields in bytes and in seconds, shown in human units (the rows keep the raw numbers).
+_BYTES = {"memory_limit", "statevector_bytes", "memory", "total_memory"}
+_SECONDS = {"per_circuit", "per_op", "per_amp_op", "per_amp_term"}
 
 
 class Table(list):
@@ -30,18 +31,48 @@ class Table(list):
     def __str__(self) -> str:
         if not self:
             return "(no rows)"
-        cells = [self.columns] + [[_fmt(c, row.get(c)) for c in self.columns] for row in self]
+        cells = [self.columns] + [[format_value(c, row.get(c)) for c in self.columns] for row in self]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
 
 
-def _fmt(column: str, value: Any) -> str:
+def format_seconds(seconds: float) -> str:
+    """Seconds in the unit that keeps three significant digits (down to ns).
+
+    Dask's ``format_time`` stops at microseconds, so a cost-model coefficient
+    of 0.2 ns would show as ``0.00 us``.
+
+    Examples
+    --------
+    >>> format_seconds(0.0001431), format_seconds(1.87e-10), format_seconds(75)
+    ('143 us', '0.187 ns', '75 s')
+    """
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def format_value(column: str, value: Any) -> str:
+    """``value`` of field ``column`` as text, bytes and seconds in human units.
+
+    Examples
+    --------
+    >>> format_value("memory_limit", 4 * 2**30)
+    '4.00 GiB'
+    >>> format_value("resources", {"quantum": 2, "statevector_bytes": 2**30})
+    'quantum=2 statevector_bytes=1.00 GiB'
+    """
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return str(value)
     if column in _BYTES and isinstance(value, (int, float)):
         return format_bytes(int(value))
+    if column in _SECONDS and isinstance(value, (int, float)):
+        return format_seconds(value)
     if isinstance(value, dict):
-        return " ".join(f"{k}={_fmt(k, v)}" for k, v in value.items()) or "-"
+        return " ".join(f"{k}={format_value(k, v)}" for k, v in value.items()) or "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):

@@ -3,16 +3,120 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 QDASK = [str(Path(sys.executable).parent / "qdask")]
 
 
-def _run(args, timeout=120):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _run(args, timeout=120, **env_extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
     return subprocess.run(QDASK + args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _timed(cmd, **env_extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    return out, time.perf_counter() - t0
+
+
+def _one_error_line(out):
+    """The single ``Error: ...`` line of a click failure, and no traceback."""
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, out.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("args,option", [
+    (["demo", "--circuits", "0"], "--circuits"),
+    (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--address", "foo:bar"], "--address"),
+    (["info", "--address", "tcp://127.0.0.1:99999"], "--address"),
+    (["monitor", "--address", "127.0.0.1:1", "--interval", "xyz"], "--interval"),
+    (["monitor", "--address", "127.0.0.1:1", "--interval", "0"], "--interval"),
+    (["monitor", "--address", "127.0.0.1:1", "--count", "0"], "--count"),
+])
+def test_bad_argument_is_one_click_error_before_anything_starts(args, option):
+    out, elapsed = _timed(QDASK + args)
+    assert out.returncode == 2, out.stderr
+    line = _one_error_line(out)
+    assert f"Invalid value for '{option}'" in line
+    assert out.stdout == ""  # no cluster started, nothing printed
+    assert elapsed < 5, elapsed
+
+
+@pytest.mark.parametrize("command", ["info", "demo", "monitor"])
+def test_unreachable_address_fails_within_the_connect_timeout(command):
+    out, elapsed = _timed(QDASK + [command, "--address", "127.0.0.1:1"],
+                          DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="500ms")
+    assert out.returncode == 1, out.stderr
+    line = _one_error_line(out)
+    assert "no qdask scheduler answered at 127.0.0.1:1 within 0.5 s" in line
+    assert "dask scheduler --preload qdask.plugins.scheduler" in line
+    assert elapsed < 5, elapsed
+
+
+def test_bad_preload_option_names_the_preload_command():
+    dask = str(Path(sys.executable).parent / "dask")
+    out, elapsed = _timed([dask, "worker", "tcp://127.0.0.1:1", "--preload", "qdask.plugins.worker",
+                           "--qdask-role", "bogus"])
+    assert out.returncode == 2, out.stderr
+    assert "Usage: dask worker --preload qdask.plugins.worker [OPTIONS]" in out.stderr
+    assert "'bogus' is not one of 'quantum', 'classical'" in _one_error_line(out)
+    assert elapsed < 5, elapsed
+
+
+def test_info_shows_human_units():
+    out = _run(["info"])
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"memory_limit +[\d.]+ GiB", out.stdout), out.stdout
+    assert re.search(r"per_op=[\d.]+ (ns|us|ms)", out.stdout), out.stdout
+    assert not re.search(r"\d{7,}", out.stdout), out.stdout  # no raw byte counts
+
+
+def test_demo_without_keep_prints_no_dead_dashboard_link():
+    out = _run(["demo", "--circuits", "2", "--quiet"])
+    assert out.returncode == 0, out.stderr
+    assert "2 circuits" in out.stdout
+    assert "http://" not in out.stdout and "--keep" in out.stdout
+
+
+def test_demo_keep_serves_the_dashboard_until_ctrl_c():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(QDASK + ["demo", "--circuits", "2", "--quiet", "--keep"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        link = None
+        for line in proc.stdout:
+            if line.startswith("dashboard: "):
+                link = line.split()[1]
+            if "Ctrl-C" in line:
+                break
+        assert link is not None and link.startswith("http://127.0.0.1:"), link
+        page = link.rsplit("/", 1)[0] + "/qdask"
+        time.sleep(1.0)  # still up a while after the summary
+        with urllib.request.urlopen(page, timeout=10) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stopping" in rest and "Traceback" not in err
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(page, timeout=5)
 
 
 def test_info_on_this_machine():
@@ -42,4 +146,5 @@ def test_demo_runs_against_a_cluster(cluster2):
     out = _run(["demo", "--address", cluster2.scheduler_address, "--circuits", "20", "--quiet"])
     assert out.returncode == 0, out.stderr
     assert "20 circuits" in out.stdout and "backends: " in out.stdout
+    # An attached cluster's dashboard stays up after the demo detaches: its link is live.
     assert "dashboard: http://127.0.0.1:" in out.stdout

@@ -8,8 +8,8 @@ import click
 import cirq
 import numpy as np
 
+from qdask.cli.common import attach
 from qdask.config import MonitoringConfig
-from qdask.deploy.cluster import QuantumCluster
 from qdask.monitoring.client import summary
 from qdask.quantum.sampler import Sampler
 
@@ -40,11 +40,12 @@ def _entropy(counts: dict[int, int]) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def run_demo(*, address: str | None, n_circuits: int, seed: int, progress: bool) -> None:
+def run_demo(*, address: str | None, n_circuits: int, seed: int, progress: bool, keep: bool = False) -> None:
+    """The demo on the cluster at ``address`` (or the embedded one); ``keep`` waits for Ctrl-C at the end."""
     circuits = random_circuits(n_circuits, seed, clifford_share=0.1)
     widths = [len(c.all_qubits()) for c in circuits]
     t0 = time.perf_counter()
-    with QuantumCluster(address=address) as qc:
+    with attach(address) as qc:
         client = qc.get_client()
         click.echo(f"qdask cluster {qc.scheduler_address}, {len(client.nthreads())} worker(s)")
         monitor = qc.start_monitoring(MonitoringConfig(sampling_interval="250ms"))
@@ -67,5 +68,18 @@ def run_demo(*, address: str | None, n_circuits: int, seed: int, progress: bool)
         click.echo(f"mean output entropy {np.mean(entropies):.2f} bits (classical tasks)")
         click.echo(f"wall time {wall:.2f} s")
         click.echo("\n" + summary(client))
+        if keep:
+            # The monitor keeps sampling, so the dashboard shows the cluster as it idles.
+            click.echo(f"dashboard: {qc.dashboard_link}  (qdask page: /qdask)")
+            click.echo("cluster and dashboard kept up: Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                click.echo("stopping")
+        elif address is not None:
+            # Not ours: the scheduler and its dashboard stay up after we detach.
+            click.echo(f"dashboard: {qc.dashboard_link}  (qdask page: /qdask)")
+        else:
+            click.echo("(run with --keep to look at the dashboard before the cluster closes)")
         monitor.stop()
-        click.echo(f"dashboard: {qc.dashboard_link}  (qdask page: /qdask)")

@@ -6,7 +6,8 @@ import logging
 
 import click
 
-from qdask.table import Table
+from qdask.cli.common import attach, check_address, check_reachable
+from qdask.table import Table, format_value
 
 ADDRESS_HELP = "Scheduler address of a running cluster (default: start the embedded local cluster)."
 
@@ -17,8 +18,21 @@ def cli() -> None:
     """qdask: quantum circuits on a Dask cluster."""
 
 
+def _parse_interval(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from qdask.config import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except (ValueError, TypeError, KeyError):
+        # dask's parse_timedelta lists every unit it knows in a KeyError: too long for one line.
+        seconds = None
+    if seconds is None or not seconds > 0:
+        raise click.BadParameter(f"{value!r} is not a positive duration; e.g. 500ms, 2s or 2.") from None
+    return seconds
+
+
 @cli.command()
-@click.option("--address", default=None, help=ADDRESS_HELP)
+@click.option("--address", default=None, callback=check_address, help=ADDRESS_HELP)
 def info(address: str | None) -> None:
     """What this machine (or the cluster at ADDRESS) offers for quantum work."""
     if address is None:
@@ -26,18 +40,16 @@ def info(address: str | None) -> None:
 
         caps = discover(nthreads=usable_cores(), memory_limit=None)
         rows = [
-            {"property": k, "value": v}
+            {"property": k, "value": format_value(k, v)}
             for k, v in caps.to_dict().items()
             if k not in ("gpus",)
         ]
         rows.append({"property": "gpus", "value": [g.name for g in caps.gpus] or "none (NVML found no GPU)"})
-        rows.append({"property": "resources", "value": caps.resources()})
+        rows.append({"property": "resources", "value": format_value("resources", caps.resources())})
         click.echo("This machine (one worker using every core):")
         click.echo(str(Table(rows)))
         return
-    from qdask.deploy.cluster import QuantumCluster
-
-    with QuantumCluster(address=address) as qc:
+    with attach(address) as qc:
         table = qc.resources()
         table.columns = [
             "worker", "name", "role", "nthreads", "memory_limit", "max_qubits",
@@ -48,24 +60,31 @@ def info(address: str | None) -> None:
 
 
 @cli.command()
-@click.option("--address", default=None, help=ADDRESS_HELP)
-@click.option("--circuits", default=200, show_default=True, help="Random circuits in the batch.")
-@click.option("--seed", default=1234, show_default=True, help="Seed of the random circuits and samples.")
+@click.option("--address", default=None, callback=check_address, help=ADDRESS_HELP)
+@click.option("--circuits", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Random circuits in the batch (at least 1).")
+@click.option("--seed", type=click.IntRange(min=0), default=1234, show_default=True,
+              help="Seed of the random circuits and samples (>= 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo(address: str | None, circuits: int, seed: int, quiet: bool) -> None:
+@click.option("--keep", is_flag=True,
+              help="Keep the cluster and its dashboard up after the summary, until Ctrl-C.")
+def demo(address: str | None, circuits: int, seed: int, quiet: bool, keep: bool) -> None:
     """Run a hybrid batch of random circuits on the embedded cluster and summarize it."""
+    check_reachable(address)  # before the demo's imports (cirq)
     from qdask.cli.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    run_demo(address=address, n_circuits=circuits, seed=seed, progress=not quiet)
+    run_demo(address=address, n_circuits=circuits, seed=seed, progress=not quiet, keep=keep)
 
 
 @cli.command()
-@click.option("--address", required=True, envvar="DASK_SCHEDULER_ADDRESS",
+@click.option("--address", required=True, envvar="DASK_SCHEDULER_ADDRESS", callback=check_address,
               help="Scheduler address of a running cluster (or DASK_SCHEDULER_ADDRESS).")
-@click.option("--interval", default="1s", show_default=True, help='Time between lines ("500ms", 2).')
-@click.option("--count", type=int, default=None, help="Stop after this many lines (default: until Ctrl-C).")
-def monitor(address: str, interval: str, count: int | None) -> None:
+@click.option("--interval", default="1s", show_default=True, callback=_parse_interval,
+              help='Time between lines ("500ms", 2).')
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many lines (default: until Ctrl-C).")
+def monitor(address: str, interval: float, count: int | None) -> None:
     """Print live metrics of the cluster at ADDRESS until interrupted.
 
     Starts the scheduler's monitor at --interval if it is not sampling already,
@@ -73,12 +92,11 @@ def monitor(address: str, interval: str, count: int | None) -> None:
     """
     import time
 
-    from qdask.config import MonitoringConfig, parse_duration
-    from qdask.deploy.cluster import QuantumCluster
+    from qdask.config import MonitoringConfig
     from qdask.monitoring.client import format_line
 
-    seconds = parse_duration(interval)
-    with QuantumCluster(address=address) as qc:
+    seconds = interval
+    with attach(address) as qc:
         client = qc.get_client()
         status = client.sync(client.scheduler.qdask_monitor_status)
         mon = None if status["sampling"] else qc.start_monitoring(MonitoringConfig(sampling_interval=seconds))

@@ -19,6 +19,7 @@ import yaml
 
 from qdask.deploy.spec import worker_plugins
 from qdask.hybrid.noise import DeviceNoise
+from qdask.plugins._command import PreloadCommand
 from qdask.worker.plugin import ROLES
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def _noise(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
     return dict(noise)
 
 
-@click.command()
+@click.command(name="dask worker --preload qdask.plugins.worker", cls=PreloadCommand)
 @click.option("--qdask-role", type=click.Choice(ROLES), default="quantum", show_default=True,
               help="quantum workers run circuits; classical ones only classical tasks.")
 @click.option("--qdask-noise", default=None, callback=_noise,
