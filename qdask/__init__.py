@@ -26,6 +26,7 @@ from qdask.config import (
 if TYPE_CHECKING:
     from qdask.deploy.cluster import QuantumCluster
     from qdask.quantum.backends import backend_names as backends
+    from qdask.quantum.errors import BatchError
     from qdask.quantum.sampler import Sampler
     from qdask.quantum.simulator import Simulator
 
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 # Imported on first use (PEP 562): every worker, preload and CLI process
 # imports the ``qdask`` package, and cirq alone costs seconds of start-up.
 _LAZY = {
+    "BatchError": ("qdask.quantum.errors", "BatchError"),
     "QuantumCluster": ("qdask.deploy.cluster", "QuantumCluster"),
     "Sampler": ("qdask.quantum.sampler", "Sampler"),
     "Simulator": ("qdask.quantum.simulator", "Simulator"),
@@ -50,6 +52,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qdask' has no attribute {name!r}")
 
 __all__ = [
+    "BatchError",
     "ClusterConfig",
     "ConfigError",
     "ElasticConfig",

@@ -28,7 +28,6 @@ import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
 from qdask.fault import NetworkError, NodeFailure, QuantumError, RecoveryEvent
 from qdask.fault.checkpoint import decode
-from qdask.quantum.execute import QuantumTaskError
 from qdask.quantum.sampler import _by_program
 from qdask.worker.discovery import QUANTUM
 
@@ -192,8 +191,11 @@ def test_quantum_errors_name_the_circuit_and_their_cause(qc, client, events, err
     bad = cirq.Circuit(FailingGate(error).on(q), cirq.measure(q, key="m"))
     circuits = [random_circuit(3, s) for s in range(3)] + [bad]
     before = qc.error_statistics().quantum_errors
-    with pytest.raises(QuantumTaskError, match="circuit 3 failed on backend 'qsim'"):
+    # The circuit's own error type reaches the caller (a qdask.BatchError with the 3 other results).
+    with pytest.raises(type(error), match=f"circuit 3: {type(error).__name__}") as info:
         qdask.Sampler(client, seed=1, simulator="qsim").run_batch(circuits, repetitions=10)
+    assert isinstance(info.value, qdask.BatchError) and sorted(info.value.results) == [0, 1, 2]
+    assert "circuit 3 failed on backend 'qsim'" in info.value.errors[3].__notes__[-1]
     got = wait_for(lambda: of(events, QuantumError))
     assert (got[0].cause, got[0].circuit, got[0].backend) == (cause, 3, "qsim")
     assert got[0].worker in worker_pids(client) and type(error).__name__ in got[0].detail

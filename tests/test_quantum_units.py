@@ -506,7 +506,7 @@ MAIN_GATE = textwrap.dedent(
 def test_expectation_points_of_a_chunk_run_as_one_qsimcirq_sweep(monkeypatch):
     import qsimcirq
 
-    from qdask.quantum.execute import QuantumTaskError, run_chunk
+    from qdask.quantum.execute import run_chunk
 
     q = cirq.LineQubit.range(6)
     a, b = sympy.symbols("a b")
@@ -538,9 +538,11 @@ def test_expectation_points_of_a_chunk_run_as_one_qsimcirq_sweep(monkeypatch):
         raise RuntimeError("sweep failed")
 
     monkeypatch.setattr(bk.QSimBackend, "expectation_sweep", broken)
-    # A failing sweep reruns its points one by one, which names the failing circuit.
-    with pytest.raises(QuantumTaskError, match="circuit 0 failed on backend 'qsim'"):
-        run_chunk(blob)
+    # A failing sweep reruns its points one by one: each failure names its circuit and keeps its type.
+    failed = run_chunk(blob)
+    assert [r.index for r in failed] == list(range(7))
+    assert all(type(r.payload.error) is RuntimeError for r in failed)
+    assert "circuit 0 failed on backend 'qsim'" in failed[0].payload.error.__notes__[-1]
 
 
 def test_dump_tasks_sends_classes_from_main_by_value():

@@ -174,11 +174,26 @@ class BatchGuard:
                 self.store.put(key, sorted(received, key=lambda b: b.start))
                 del self._received[r.index]
 
-    def finish(self, by_index: dict[int, list[TaskResult]]) -> None:
-        """Make the batch's results durable; raise :class:`PoisonCircuitError` for circuits that failed."""
+    def chunk(self, key: Any) -> Chunk | None:
+        """The chunk a future of this batch runs (resubmitted single circuits included)."""
+        return self._chunks.get(key)
+
+    def finish(self, by_index: dict[int, list[TaskResult]], errors: dict[int, BaseException] | None = None) -> None:
+        """Make the batch's results durable; account for poison circuits.
+
+        Only poison circuits failed: :class:`PoisonCircuitError`. Other
+        circuits failed too (``errors``, which the caller raises as one
+        :class:`qdask.BatchError`): each poison circuit joins ``errors`` as a
+        :class:`PoisonCircuitError` of its own.
+        """
         self.store.flush()
         self._resubmitted.clear()
         if self.poisoned:
             attempts = self.ft.config.max_failures
+            if errors:
+                for i, described in self.poisoned.items():
+                    errors[i] = PoisonCircuitError({i: described}, attempts, {})
+                    by_index.pop(i, None)
+                return
             done = {i: r for i, r in by_index.items() if i not in self.poisoned}
             raise PoisonCircuitError(self.poisoned, attempts, done)

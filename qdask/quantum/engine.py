@@ -26,6 +26,8 @@ from qdask.fault.batch import BatchGuard
 from qdask.hybrid import schrodinger_feynman
 from qdask.hybrid.levels import OptimizationPolicy
 from qdask.quantum.backends import QSIMH
+from qdask.quantum.errors import FIX, BatchError, TaskFailure
+from qdask.quantum.validate import find_unpicklable
 from qdask.quantum.execute import Shared, TaskResult, dump_tasks, paused_gc, run_chunk, run_chunk_then, unpack_records
 from qdask.quantum.plan import (
     Chunk,
@@ -194,7 +196,10 @@ class Engine:
         shared = Shared([chunk.tasks for chunk in chunks])
         with dask.annotate(**(guard.annotations if guard is not None else {})):
             for chunk in chunks:
-                blob = dump_tasks(chunk.tasks, shared)
+                try:
+                    blob = dump_tasks(chunk.tasks, shared)
+                except Exception as e:  # name the circuit and gate, not just "cannot pickle '_thread.lock'"
+                    raise find_unpicklable([(t.index, t.circuit) for t in chunk.tasks], e) from e
                 sub.circuit_bytes += len(blob)
                 run = partial(run_chunk_then, finish, jobs, urgent=prio > 0) if sub.finished else run_chunk
                 sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio))
@@ -219,19 +224,44 @@ class Engine:
             )
 
     # -- collect -----------------------------------------------------------------
-    def collect(self, sub: Submission) -> dict[int, list[TaskResult]]:
-        """Wait for a submission; task results by job index, in repetition order."""
+    def collect(
+        self, sub: Submission, assemble: Callable[[Job, list[TaskResult]], Any] | None = None
+    ) -> dict[int, list[TaskResult]]:
+        """Wait for a submission; task results by job index, in repetition order.
+
+        Circuits that fail on a worker do not stop the others: once every
+        circuit finished or failed, one :class:`~qdask.quantum.errors.BatchError`
+        is raised (an instance of the failures' type where they share one),
+        with the finished circuits' results (``assemble(job, task_results)``
+        of each, or the task results themselves) in ``.results``; with fault
+        tolerance on they are checkpointed first.
+        """
         by_index: dict[int, list[TaskResult]] = defaultdict(list)
+        errors: dict[int, BaseException] = {}
         stats = BatchStats(circuits=len(sub.jobs), tasks=len(sub.futures), circuit_bytes=sub.circuit_bytes)
         backends: Counter[str] = Counter()
         workers: Counter[str] = Counter()
         bar = tqdm(total=len(sub.jobs), desc="circuits", unit="circ", disable=not self.progress)
         guard = sub.guard
+        chunk_of = {fut.key: chunk for chunk, fut in zip(sub.chunks, sub.futures)}
         try:
             futures = as_completed(sub.futures)
             for fut in futures:
                 # The guard may hand a chunk's circuits back one task each (added to `futures`).
-                results = fut.result() if guard is None else guard.result(fut, futures)
+                try:
+                    results = fut.result() if guard is None else guard.result(fut, futures)
+                except Exception as e:
+                    # A whole chunk failed (not one circuit of it: run_task returns those).
+                    chunk = chunk_of.get(fut.key) or (guard.chunk(fut.key) if guard is not None else None)
+                    if chunk is None:
+                        raise
+                    e.add_note(f"qdask: task {fut.key} of circuits {sorted({t.index for t in chunk.tasks})} failed")
+                    errors.update((t.index, e) for t in chunk.tasks)
+                    continue
+                failed = [r for r in results if isinstance(r.payload, TaskFailure)]
+                if failed:
+                    errors.update((r.index, r.payload.error) for r in failed)
+                    results = [r for r in results if not isinstance(r.payload, TaskFailure)]
                 for r in results:
                     by_index[r.index].append(r)
                     stats.result_bytes += r.nbytes
@@ -240,21 +270,30 @@ class Engine:
                         backends[r.backend] += 1
                         bar.update()
                 if guard is not None:
-                    guard.record(fut, results)
+                    guard.record(fut, results)  # checkpoints the circuits whose every block arrived
         finally:
             bar.close()
         stats.seconds = time.perf_counter() - sub.submitted
         stats.backends, stats.workers = dict(backends), dict(workers)
         self.last = stats
+        for index in errors:
+            by_index.pop(index, None)  # the blocks of a split circuit that did finish
         for results in by_index.values():
             results.sort(key=lambda r: r.start)
         if guard is not None:
-            guard.finish(by_index)  # checkpoints flushed; raises PoisonCircuitError for circuits that failed
+            # Checkpoints flushed; PoisonCircuitError when only poison circuits failed, else they join `errors`.
+            guard.finish(by_index, errors)
+        if errors:
+            jobs = {j.index: j for j in sub.jobs}
+            done = {i: (assemble(jobs[i], r) if assemble is not None else r) for i, r in by_index.items()}
+            raise BatchError.of(done, errors, FIX)
         return by_index
 
-    def collect_async(self, sub: Submission) -> concurrent.futures.Future:
+    def collect_async(
+        self, sub: Submission, assemble: Callable[[Job, list[TaskResult]], Any] | None = None
+    ) -> concurrent.futures.Future:
         """:meth:`collect` in a waiter thread (for duet-based ``*_async`` methods)."""
-        return _WAITERS.submit(self.collect, sub)
+        return _WAITERS.submit(self.collect, sub, assemble)
 
 
 def metadata(results: list[TaskResult]) -> dict[str, Any]:

@@ -29,13 +29,18 @@ from dask.sizeof import sizeof
 from qdask import config
 from qdask.fault.worker import begin_chunk, report_quantum_error
 from qdask.quantum import backends as bk
+from qdask.quantum.errors import TaskFailure, raise_failures
 from qdask.quantum.plan import Task
 
 logger = logging.getLogger(__name__)
 
 
 class QuantumTaskError(RuntimeError):
-    """A backend failed on a circuit; names the circuit and the backend."""
+    """A chunk failed on a worker outside any one circuit; names the circuits.
+
+    A circuit that raises does not raise here: :func:`run_task` returns its
+    exception as a :class:`~qdask.quantum.errors.TaskFailure`.
+    """
 
 
 @dataclass
@@ -107,6 +112,12 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
     free memory: checked before any GPU work) is a quantum error reported to
     the fault-tolerance handlers; the circuit then runs on this worker's CPU,
     and the result names the backend that ran it.
+
+    Any other error of the backend is reported the same way and returned,
+    not raised: the result's payload is a
+    :class:`~qdask.quantum.errors.TaskFailure` holding the exception (its
+    type kept, a note naming the circuit added), so the rest of the chunk
+    still runs and comes back.
     """
     backend = bk.get_backend(task.backend)
     opts = _options(task)
@@ -122,7 +133,11 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
             payload = _compute(backend, task, circuit, opts)
     except Exception as e:
         report_quantum_error(task.index, backend.name, e)  # to the scheduler's failure handlers
-        raise QuantumTaskError(f"circuit {task.index} failed on backend {backend.name!r}: {type(e).__name__}: {e}") from e
+        # The chunk's other circuits still come back; the client raises one
+        # qdask.BatchError of the original type for the batch (qdask.quantum.errors).
+        note = f"qdask: circuit {task.index} failed on backend {backend.name!r}" + (f" on worker {worker}" if worker else "")
+        failure = TaskFailure.of(e, note)
+        return TaskResult(task.index, task.start, backend.name, time.perf_counter() - t0, worker, failure, 0)
     seconds = time.perf_counter() - t0
     logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, backend.name, seconds)
     return TaskResult(task.index, task.start, backend.name, seconds, worker, payload, _nbytes(payload))
@@ -275,7 +290,9 @@ def run_chunk_then(finish: Callable[..., Any], jobs: list[Any], blob: bytes, *, 
     ``urgent`` (priority above normal): the worker's next chunk waits for the
     result to be fetched (:class:`HandOff`).
     """
-    out = finish(jobs, run_chunk(blob))
+    results = run_chunk(blob)
+    raise_failures(results)
+    out = finish(jobs, results)
     worker = _current_worker()
     if urgent and worker is not None:
         _HAND_OFF.arm(worker, config.parse_duration(config.get("quantum.result-handoff")))

@@ -29,6 +29,8 @@ from qdask.quantum.validate import (
     NoQuantumWorkersError,
     UnresolvedParametersError,
     UnsupportedGateError,
+    check_finite,
+    check_program,
     check_repetitions,
 )
 from qdask.scheduler.placement import resolve_priority
@@ -191,12 +193,14 @@ def build_jobs(
     policy = policy if policy is not None else OptimizationPolicy.for_level("basic")
     jobs: list[Job] = []
     for p, (program, sweep, reps) in enumerate(zip(programs, sweeps, repetitions)):
+        check_program(p, program)
         info = analyze(program)
         resolvers = _resolvers(sweep)
         terms = sum(len(o) for o in extra[p].get("observables", ())) if extra else 0
         reps = check_repetitions(len(jobs), reps) if work == "sample" else 1
-        for resolver in resolvers:
+        for r, resolver in enumerate(resolvers):
             index = len(jobs)
+            check_finite(index, program, resolver, gates=r == 0)  # qsim would sample NaN as all ones
             missing = sorted(set(info.unresolved) - set(map(_key_name, resolver.param_dict))) if info.unresolved else []
             if missing:
                 raise UnresolvedParametersError(
@@ -208,7 +212,7 @@ def build_jobs(
             if work == "sample" and not info.has_measurements:
                 raise NoMeasurementsError(
                     index,
-                    "sampling a circuit without measurements",
+                    "sampling a circuit without measurements: Circuit has no measurements to sample.",
                     "at least one measurement",
                     "append cirq.measure(*qubits, key='m'), or use qdask.Simulator.simulate for the state",
                 )

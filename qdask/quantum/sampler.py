@@ -11,6 +11,7 @@ import numpy as np
 from distributed import Client, Future
 
 from qdask.quantum.engine import Engine, Result, Submission, sample_result
+from qdask.quantum.errors import raise_failures
 from qdask.quantum.execute import TaskResult
 
 
@@ -78,7 +79,7 @@ class Sampler(cirq.Sampler):
         repetitions: int | Sequence[int] = 1,
     ) -> Sequence[Sequence[cirq.Result]]:
         sub = self._submit(programs, params_list, repetitions)
-        return _by_program(sub, self.engine.collect(sub), len(programs))
+        return _by_program(sub, self.engine.collect(sub, sample_result), len(programs))
 
     async def run_batch_async(
         self,
@@ -87,7 +88,7 @@ class Sampler(cirq.Sampler):
         repetitions: int | Sequence[int] = 1,
     ) -> Sequence[Sequence[cirq.Result]]:
         sub = self._submit(programs, params_list, repetitions)
-        by_index = await duet.AwaitableFuture.wrap(self.engine.collect_async(sub))
+        by_index = await duet.AwaitableFuture.wrap(self.engine.collect_async(sub, sample_result))
         return _by_program(sub, by_index, len(programs))
 
     # -- Dask composition ------------------------------------------------------------
@@ -128,12 +129,21 @@ class Sampler(cirq.Sampler):
         # repetitions=2.5, which qdask reports as InvalidRepetitionsError.
         if params_list is None:
             params_list = [None] * len(programs)
-        reps = list(repetitions) if isinstance(repetitions, Sequence) else [repetitions] * len(programs)
-        if not len(programs) == len(params_list) == len(reps):
-            raise ValueError(
-                f"run_batch got {len(programs)} programs, {len(params_list)} sweeps and {len(reps)} repetitions; "
-                "they must match. Fix: pass one sweep and one repetition count per program (or one int for all)."
+        if isinstance(programs, cirq.AbstractCircuit):
+            raise TypeError(
+                "programs must be a list of circuits, got one cirq.Circuit. Fix: run_batch([circuit], ...) or run(circuit, ...)"
             )
+        # A string is a Sequence: "10" would be read as two repetition counts.
+        many = isinstance(repetitions, Sequence) and not isinstance(repetitions, (str, bytes))
+        reps = list(repetitions) if many else [repetitions] * len(programs)
+        fix = "Fix: pass one sweep and one repetition count per program (or one int for all)."
+        # cirq's own wording (cirq.Sampler._normalize_batch_args), then qdask's fix.
+        if len(programs) != len(params_list):
+            raise ValueError(
+                f"len(programs) and len(params_list) must match. Got {len(programs)} and {len(params_list)}. {fix}"
+            )
+        if len(programs) != len(reps):
+            raise ValueError(f"len(programs) and len(repetitions) must match. Got {len(programs)} and {len(reps)}. {fix}")
         return self.engine.submit(list(programs), list(params_list), reps, work="sample")
 
 
@@ -150,5 +160,6 @@ def _assemble_sweep(jobs: list[Any], *chunk_results: list[TaskResult]) -> Any:
     for results in chunk_results:
         for r in results:
             by_index.setdefault(r.index, []).append(r)
+    raise_failures([r for results in chunk_results for r in results])  # the circuits' own error types
     out = [sample_result(job, sorted(by_index[job.index], key=lambda r: r.start)) for job in jobs]
     return out[0] if len(jobs) == 1 else out
