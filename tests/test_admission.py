@@ -8,11 +8,14 @@ exception types with what qsimcirq / cirq raise for the same call.
 from __future__ import annotations
 
 import pickle
+import re
+import threading
 
 import cirq
 import numpy as np
 import pytest
 import qsimcirq
+import sympy
 
 import qdask
 from qdask import FaultToleranceConfig
@@ -132,3 +135,78 @@ def test_rerun_with_fault_tolerance_computes_only_the_failed_circuit(cluster2, t
     assert sorted(second.value.errors) == [20]
     for i in range(20):
         assert second.value.results[i].records["m"].tobytes() == first.value.results[i].records["m"].tobytes()
+
+
+# -- validation: refused on the client, with the type cirq / qsimcirq raise ------------
+class LockedGate(cirq.Gate):
+    """An rx(0.3) gate holding a lock: it cannot be pickled to reach a worker."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def _num_qubits_(self):
+        return 1
+
+    def _unitary_(self):
+        return cirq.unitary(cirq.rx(0.3))
+
+
+def _raised(call) -> BaseException:
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+Q = cirq.LineQubit(0)
+A = sympy.Symbol("a")
+MEASURED = cirq.Circuit(cirq.X(Q), cirq.measure(Q, key="m"))
+
+
+@pytest.mark.parametrize(
+    "args, reference, match",
+    [
+        (([MEASURED, cirq.Circuit(cirq.rx(np.nan).on(Q), cirq.measure(Q, key="m"))], None, 5), "cirq",
+         r"circuit 1: operation cirq.Rx\(rads=nan\).* has a NaN or infinite rads"),
+        (([cirq.Circuit(cirq.rx(A).on(Q), cirq.measure(Q, key="m"))], [{"a": np.inf}], 5), "cirq",
+         "circuit 0: the resolver gives a=inf"),
+        (([cirq.Circuit(cirq.MatrixGate(np.diag([np.nan, 1]), unitary_check=False).on(Q), cirq.measure(Q, key="m"))],
+          None, 5), "cirq", "circuit 0: .* NaN or infinite matrix"),
+        (([MEASURED, "H 0; M 0"], None, 5), None, "program 1: expected a cirq.AbstractCircuit, got str 'H 0; M 0'"),
+        (([MEASURED], None, "10"), "both", r"repetitions='10' \(str\) is not an integer.*Fix: pass repetitions=10"),
+        (([MEASURED], None, 2.5), "both", r"repetitions=2.5 \(float\) is not an integer"),
+        (([MEASURED], None, -1), "cirq", "Number of repetitions cannot be negative. Was -1"),
+        (([cirq.Circuit(cirq.X(Q))], None, 5), "both", "Circuit has no measurements to sample"),
+        (([MEASURED, MEASURED], [None] * 3, 5), "both", "len.programs. and len.params_list. must match. Got 2 and 3"),
+        (([MEASURED, MEASURED], None, [5, 5, 5]), "both", "len.programs. and len.repetitions. must match. Got 2 and 3"),
+        # Measured mid-circuit: the circuit itself must travel (no compact form stands in for it).
+        (([MEASURED, cirq.Circuit(LockedGate().on(Q), cirq.measure(Q, key="a"), LockedGate().on(Q),
+                                  cirq.measure(Q, key="m"))], None, 5), None,
+         r"circuit 1: operation .*LockedGate.* cannot be pickled .*_thread.lock.*Fix: keep locks"),
+    ],
+    ids=["nan-gate", "inf-resolver", "nan-matrix", "not-a-circuit", "str-reps", "float-reps", "negative-reps",
+         "no-measurements", "params-length", "reps-length", "unpicklable-gate"],
+)
+def test_refused_on_the_client_with_the_references_type(cluster2, args, reference, match):
+    client = cluster2.get_client()
+    programs, params, reps = args
+    before = client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.tasks))
+    err = _raised(lambda: qdask.Sampler(client, seed=1).run_batch(programs, params, reps))
+    assert re.search(match, str(err)), str(err)
+    assert "Fix" in str(err)
+    # The reference simulators' own error types, on the same call.
+    if reference in ("cirq", "both"):
+        assert isinstance(err, type(_raised(lambda: cirq.Simulator().run_batch(programs, params, reps))))
+    if reference == "both":
+        assert isinstance(err, type(_raised(lambda: qsimcirq.QSimSimulator().run_batch(programs, params, reps))))
+    if "not-a-circuit" in match or "pickled" in match or reference is None:
+        assert isinstance(err, TypeError)
+    # Nothing reached a worker.
+    assert client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.tasks)) == before
+
+
+def test_nan_would_have_been_sampled_wrong_by_qsim():
+    # Why the check exists: qsim returns all ones for rx(nan), cirq refuses it.
+    circuit = cirq.Circuit(cirq.rx(np.nan).on(Q), cirq.measure(Q, key="m"))
+    assert qsimcirq.QSimSimulator().run(circuit, repetitions=50).records["m"].all()
+    with pytest.raises(ValueError):
+        cirq.Simulator().run(circuit, repetitions=5)
