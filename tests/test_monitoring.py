@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,22 +302,123 @@ def test_memory_near_the_limit_is_reported(cluster2, monitored):
 
 
 # -- Prometheus --------------------------------------------------------------------------
+def exposition(qc) -> str:
+    return urllib.request.urlopen(qc.dashboard_link.rsplit("/", 1)[0] + "/metrics", timeout=30).read().decode()
+
+
+#: Units in Prometheus' base units, one of which ends a name that has a unit.
+UNITS = ("bytes", "seconds", "ratio")
+#: What the conventions rule out: non-base units, percentages.
+NOT_BASE = re.compile(r"_(percent|percentage|milliseconds|ms|microseconds|minutes|hours|kb|mb|gb|kib|mib|gib)(_|$)")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+
+
+def convention_violations(text: str) -> list[str]:
+    """Every qdask_* family and sample of an exposition that breaks Prometheus' naming conventions."""
+    bad = []
+    for family in text_string_to_metric_families(text):
+        name = family.name
+        if not name.startswith("qdask_"):
+            continue
+        if not re.fullmatch(r"qdask_[a-z][a-z0-9]*(_[a-z0-9]+)*", name):
+            bad.append(f"{name}: not snake case")
+        if NOT_BASE.search(name):
+            bad.append(f"{name}: not in a base unit")
+        words = name.split("_")
+        for unit in UNITS:
+            if unit in words[1:-1]:
+                bad.append(f"{name}: unit {unit!r} not last")
+        if name.endswith(("_total", "_count", "_sum", "_bucket")):
+            bad.append(f"{name}: family name ends in a reserved suffix")
+        if not family.documentation:
+            bad.append(f"{name}: no HELP")
+        for sample in family.samples:
+            if family.type == "counter":
+                if not sample.name.endswith(("_total", "_created")):
+                    bad.append(f"{sample.name}: counter sample without _total")
+                if sample.value < 0:
+                    bad.append(f"{sample.name}: negative counter")
+            elif family.type == "histogram":
+                if not sample.name.endswith(HISTOGRAM_SUFFIXES):
+                    bad.append(f"{sample.name}: histogram sample without _bucket/_sum/_count")
+            elif sample.name != name:
+                bad.append(f"{sample.name}: sample name differs from its {family.type} family")
+            if name.endswith("_ratio") and not 0.0 <= sample.value <= 1.0:
+                bad.append(f"{sample.name}={sample.value}: a ratio outside 0-1")
+            if "://" in sample.labels.get("worker", ""):
+                bad.append(f"{sample.name}: worker label is an address ({sample.labels['worker']})")
+        if family.type == "histogram":
+            les = [s.labels["le"] for s in family.samples if s.name.endswith("_bucket")]
+            if not les or les[-1] != "+Inf":
+                bad.append(f"{name}: histogram without a +Inf bucket")
+    return bad
+
+
+def test_convention_checker_catches_what_the_conventions_rule_out():
+    text = (
+        "# HELP qdask_statevector_bytes_used x\n# TYPE qdask_statevector_bytes_used gauge\n"
+        "qdask_statevector_bytes_used 1.0\n"
+        "# HELP qdask_utilization_percent x\n# TYPE qdask_utilization_percent gauge\n"
+        "qdask_utilization_percent 50.0\n"
+        "# HELP qdask_load_ratio x\n# TYPE qdask_load_ratio gauge\nqdask_load_ratio{worker=\"tcp://1.2.3.4:5\"} 2.0\n"
+    )
+    bad = convention_violations(text)
+    assert any("unit 'bytes' not last" in b for b in bad)
+    assert any("qdask_utilization_percent: not in a base unit" in b for b in bad)
+    assert any("a ratio outside 0-1" in b for b in bad)
+    assert any("worker label is an address" in b for b in bad)
+
+
 def test_prometheus_metrics_are_scraped_from_the_scheduler(cluster2, monitored):
     client = cluster2.get_client()
+    names = {addr: str(ws.name) for addr, ws in cluster2.cluster.scheduler.workers.items()}
     futures = submit_circuits(client, 1, time.sleep, 1.5, priority=3)
-    wait_for(lambda: sum(v for k, v in scrape(cluster2).items() if k[0] == "qdask_quantum_slots_busy") == 1)
+    wait_for(lambda: sum(v for k, v in scrape(cluster2).items() if k[0] == "qdask_quantum_busy_slots") == 1)
     metrics = scrape(cluster2)
-    for w in client.nthreads():
-        assert metrics[("qdask_quantum_slots", w)] == 1
-        assert metrics[("qdask_statevector_bytes", w)] > 0
-        assert ("qdask_worker_latency_seconds", w) in metrics
+    for name in names.values():  # labelled by worker name, stable across restarts
+        assert metrics[("qdask_quantum_slots", name)] == 1
+        assert metrics[("qdask_statevector_budget_bytes", name)] > 0
+        assert ("qdask_worker_latency_seconds", name) in metrics
     assert metrics[("qdask_workers", "quantum")] == 2 and metrics[("qdask_workers", "classical")] == 0
-    assert metrics[("qdask_quantum_utilization_percent",)] == 50.0
-    assert metrics[("qdask_circuits_ready", "3")] == 1
+    assert metrics[("qdask_quantum_utilization_ratio",)] == 0.5
+    assert metrics[("qdask_ready_circuit_tasks", "3")] == 1
     assert metrics[("qdask_events_total", "node_failure")] == 0
     samples = metrics[("qdask_monitoring_samples_total",)]
     client.gather(futures)
     wait_for(lambda: scrape(cluster2)[("qdask_monitoring_samples_total",)] > samples)
+
+
+def test_exposition_follows_the_naming_conventions_and_counts_circuits(cluster2):
+    import cirq
+
+    from qdask import Sampler
+
+    before = scrape(cluster2)
+    q = cirq.LineQubit.range(3)
+    circuits = [cirq.Circuit(cirq.H.on_each(*q), cirq.measure(*q, key="m")) for _ in range(5)]
+    Sampler(cluster2.get_client(), seed=1, progress=False).run_batch(circuits, repetitions=10)
+    # The stand-in circuit tasks of the other tests count too: "kind" other.
+    with dask.annotate(qdask=annotation()):
+        cluster2.get_client().submit(inc, 1, key="stand-in-1", pure=False).result()
+    text = exposition(cluster2)
+    assert convention_violations(text) == []
+    if shutil.which("promtool"):
+        # qdask's families only: promtool also lints Dask's own (some lack HELP there).
+        ours = [line for line in text.splitlines()
+                if (line.split()[2] if line.startswith("#") else line).startswith("qdask_")]
+        lint = subprocess.run(["promtool", "check", "metrics"], input="\n".join(ours) + "\n",
+                              capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    after = scrape(cluster2)
+    def delta(*key):
+        return after.get(key, 0) - before.get(key, 0)
+    finished = {k[1:]: delta(*k) for k in after if k[0] == "qdask_circuits_total" and delta(*k)}
+    assert sum(v for (backend, kind), v in finished.items() if kind == "sample") == 5, finished
+    assert finished.get(("qsim", "other")) == 1, finished
+    assert delta("qdask_batches_total") == 1
+    assert delta("qdask_circuit_duration_seconds_count") == 6
+    assert delta("qdask_circuit_duration_seconds_bucket", "+Inf") == 6
+    assert 0 < delta("qdask_circuit_duration_seconds_sum") < 60
 
 
 def test_two_schedulers_in_one_process_share_one_collector_under_their_own_labels(cluster2):

@@ -29,6 +29,7 @@ from tornado.ioloop import PeriodicCallback
 from qdask import config as qconfig
 from qdask.config import MonitoringConfig, parse_duration
 from qdask.monitoring import aggregate, analysis, prometheus
+from qdask.monitoring.counters import CircuitCounters
 from qdask.monitoring.events import EventStore
 from qdask.monitoring.tracing import ChromeTrace
 from qdask.monitoring.worker import METRIC
@@ -210,6 +211,9 @@ class Monitor:
         self._prev_tasks: dict[str, float] = self._task_totals()[1]
         # { worker address: (heartbeat time, sent bytes, bytes/s) }
         self._sent: dict[str, tuple[float, float, float]] = {}
+        # Counted from the start, sampling or not (Prometheus counters never go back).
+        self.counters = CircuitCounters(scheduler)
+        scheduler.add_plugin(self.counters, name=self.counters.name, idempotent=False)
         prometheus.register(self)
 
     # -- lifetime ----------------------------------------------------------------
@@ -263,6 +267,8 @@ class Monitor:
     def close(self) -> None:
         """Stop and forget this monitor (scheduler closing)."""
         self.stop()
+        if self.scheduler.plugins.get(self.counters.name) is self.counters:
+            self.scheduler.remove_plugin(name=self.counters.name)
         prometheus.unregister(self)
 
     def _stop_sampling(self) -> None:

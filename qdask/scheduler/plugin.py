@@ -198,6 +198,8 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
         # What the client plans a batch with, in one round trip (Sampler.submit
         # latency: two calls cost a second trip through a busy scheduler).
         assert self.routing is not None and self.placement is not None
+        if self.monitor is not None:
+            self.monitor.counters.batches += 1  # one call per batch planned: qdask_batches_total
         await self.placement.wait_for_workers()  # zero workers is a moment (placement rule 7)
         return {"resources": self.resources(), "optimization_level": self.routing.level()}
 

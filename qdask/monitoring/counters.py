@@ -1,0 +1,102 @@
+"""Always-on counts of finished circuits and batches, for ``/metrics``.
+
+:class:`CircuitCounters` is a scheduler plugin (``scheduler.plugins["qdask-circuits"]``)
+installed with the :class:`~qdask.monitoring.sampler.Monitor`, whether sampling
+runs or not: Prometheus counters must count from the scheduler's start, or a
+scrape between two ``start_monitoring`` calls would see them go back. Its
+transition hook returns at once for every transition but ``processing ->
+memory``, and does O(1) work for a finished circuit task.
+
+A circuit task (a chunk of circuits of one batch) that finishes adds its
+``circuits`` to ``circuits[(backend, kind)]`` and its compute time, split
+evenly over them, to the duration histogram once per circuit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import key_split
+from distributed import SchedulerPlugin
+
+if TYPE_CHECKING:
+    from distributed.scheduler import Scheduler
+
+NAME = "qdask-circuits"
+#: Upper bounds (seconds) of the circuit duration histogram: 1 ms to 5 min, about x2.5 apart.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, math.inf)
+
+
+def work_kind(key: Hashable) -> str:
+    """What a circuit task computes (``sample``, ``simulate``, ...), from its key.
+
+    Keys are ``qdask_<work>_<cost class>-<id>`` (``qdask.quantum.engine``);
+    anything else is ``"other"``.
+
+    Examples
+    --------
+    >>> work_kind("qdask_sample_c6-0123abcd")
+    'sample'
+    >>> work_kind("inc-0123abcd")
+    'other'
+    """
+    parts = key_split(key).split("_")
+    if len(parts) >= 3 and parts[0] == "qdask":
+        return "_".join(parts[1:-1])
+    return "other"
+
+
+class CircuitCounters(SchedulerPlugin):
+    """Finished circuits per backend and kind, their durations, and planned batches.
+
+    Attributes
+    ----------
+    circuits : collections.Counter
+        ``{(backend, kind): circuits finished}``.
+    buckets : list of int
+        Circuits whose duration is at most each bound of :data:`BUCKETS` (cumulative).
+    duration_sum : float
+        Seconds of every counted circuit.
+    batches : int
+        Batches planned (one ``qdask_batch_context`` call each).
+    """
+
+    name = NAME
+    idempotent = True
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.circuits: Counter[tuple[str, str]] = Counter()
+        self.buckets = [0] * len(BUCKETS)
+        self.duration_sum = 0.0
+        self.batches = 0
+
+    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if start != "processing" or finish != "memory":
+            return
+        from qdask.monitoring.sampler import circuit_annotation
+
+        ann = circuit_annotation(self.scheduler.tasks.get(key))
+        if ann is None:
+            return
+        n = max(int(ann.get("circuits") or 1), 1)
+        self.circuits[(str(ann.get("backend") or "unknown"), work_kind(key))] += n
+        compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
+        if compute:
+            seconds = sum(s["stop"] - s["start"] for s in compute)
+            self.observe(seconds / n, n)
+
+    def observe(self, seconds: float, count: int = 1) -> None:
+        """Add ``count`` circuits of ``seconds`` each to the histogram."""
+        self.duration_sum += seconds * count
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += count
+
+    @property
+    def duration_count(self) -> int:
+        """Circuits in the histogram."""
+        return self.buckets[-1]
