@@ -34,6 +34,7 @@ def test_seeded_samples_equal_a_serial_qsim_run(client):
     got = sampler.run_batch(circuits, repetitions=200)
     ref = qsimcirq.QSimSimulator(seed=42).run_batch(circuits, repetitions=200)
     assert [g[0] for g in got] == [r[0] for r in ref]
+    assert {g[0].metadata["path"] for g in got} == {"compact"}  # sent without cirq objects (qsim_fast)
     # The sampler's stream continues like the serial simulator's.
     assert sampler.run(circuits[3], repetitions=50) == qsimcirq.QSimSimulator(seed=42).run_batch(
         circuits + [circuits[3]], repetitions=[200] * len(circuits) + [50]
@@ -49,6 +50,7 @@ def test_sweeps_come_back_in_order_and_equal_serial(client):
     ref = qsimcirq.QSimSimulator(seed=3).run_sweep(c, sweep, repetitions=100)
     assert [r.params for r in got] == [r.params for r in ref]
     assert list(got) == list(ref)
+    assert {r.metadata["path"] for r in got} == {"compact"}  # translated once, rz(t) bound per point
 
 
 def test_same_seed_same_samples_whatever_the_chunking(client):
@@ -67,6 +69,8 @@ def test_same_seed_same_samples_whatever_the_chunking(client):
     assert results[0] == results[1]
     ref = qsimcirq.QSimSimulator(seed=11).run_batch(circuits[:2], repetitions=300)
     assert results[0][0][0] == ref[0][0] and results[0][1][0] == ref[1][0]
+    # Each repetition a simulation of its own: today's path, circuit by circuit.
+    assert results[0][0][0].metadata["path"] == results[0][1][0].metadata["path"] == "cirq"
 
 
 def test_same_seed_on_a_one_worker_cluster():

@@ -367,6 +367,32 @@ def test_compact_form_refuses_what_qsimcirq_refuses():
             bk.QSimBackend().sample(circuit, 10, bk.RunOptions(seeds=np.array([1])))
 
 
+def test_planner_sends_the_compact_form_only_where_one_simulation_serves_every_repetition():
+    """Compact: sampled qsim circuits measured at the end, >1 repetition. Else, or with noisy devices: cirq."""
+    from dataclasses import replace
+
+    from qdask.quantum.qsim_fast import CompactCircuit
+
+    q = cirq.LineQubit.range(3)
+    body = cirq.Circuit(cirq.H(q[0]), cirq.rx(0.3)(q[1]), cirq.CZ(q[0], q[2]) ** 0.5)
+    plain = body + cirq.measure(*q, key="m")
+    mid = cirq.Circuit(cirq.H(q[0]), cirq.measure(q[0], key="a"), cirq.CNOT(q[0], q[1]), cirq.measure(q[1], key="b"))
+    noisy = body + cirq.depolarize(0.1).on_each(*q) + cirq.measure(*q, key="m")
+
+    def paths(circuits, reps=10, view=VIEW, simulator="auto"):
+        jobs = build_jobs(circuits, [cirq.ParamResolver()] * len(circuits), [reps] * len(circuits), work="sample",
+                          simulator=simulator, view=view, seeds=SeedSource(1))
+        chunks = make_chunks(jobs, view, 10.0)
+        tasks = [t for c in chunks for t in c.tasks]
+        return [isinstance(t.circuit, CompactCircuit) for t in sorted(tasks, key=lambda t: t.index)]
+
+    assert paths([plain, mid, noisy]) == [True, False, False]
+    assert paths([plain], reps=1) == [False]  # qsimcirq simulates a single repetition on its own
+    assert paths([plain], view=replace(VIEW, noisy_devices=True)) == [False]
+    assert not ClusterView.from_rows([{"worker": "w", "resources": {"quantum": 1}, "error_rate": 0.0}]).noisy_devices
+    assert ClusterView.from_rows([{"worker": "w", "resources": {"quantum": 1}, "error_rate": 0.01}]).noisy_devices
+
+
 def test_qsimcirq_private_names_the_compact_form_uses_still_exist():
     """Canary: an upgrade of qsimcirq that drops or changes a private name fails here, naming it."""
     from qsimcirq import qsim_circuit

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import cirq
 
     from qdask.quantum.analysis import CircuitInfo
+    from qdask.quantum.qsim_fast import CompactCircuit, GateTable
     from qdask.worker.discovery import GPUInfo
 
 logger = logging.getLogger(__name__)
@@ -234,12 +235,33 @@ class QSimBackend:
         if not self.noisy and repetitions > 1 and opts.seeds is not None and len(opts.seeds) == 1:
             from qdask.quantum.qsim_fast import sample_circuit
 
-            caller = tuple(sorted((opts.qsim_options or {}).items()))
-            module, options = _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size, caller)
-            records = sample_circuit(module, options, circuit, repetitions, int(opts.seeds[0]))
+            records = sample_circuit(*self._settings(opts), circuit, repetitions, int(opts.seeds[0]))
             if records is not None:
                 return records
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
+
+    def sample_compact(
+        self, compact: CompactCircuit, gates: GateTable, resolver: cirq.ParamResolver, repetitions: int, opts: RunOptions
+    ) -> dict[str, np.ndarray]:
+        """:meth:`sample`'s records of a circuit the planner sent in its compact form (``qsim_fast``).
+
+        The planner sends that form only for circuits qsimcirq samples from one
+        final state, and only to a cluster without emulated device noise.
+        """
+        from qdask.hybrid.noise import device_noise
+        from qdask.quantum.qsim_fast import sample
+
+        if device_noise() is not None:
+            raise RuntimeError(
+                "this worker emulates device noise set after the batch was planned, and the batch came without "
+                "cirq circuits to add it to. Fix: submit the batch again (it is planned for the noisy devices)."
+            )
+        return sample(*self._settings(opts), compact, gates, repetitions, int(opts.seeds[0]), resolver)
+
+    def _settings(self, opts: RunOptions) -> tuple[Any, dict[str, Any]]:
+        """(qsim module, option dict) of this backend's simulator for ``opts``."""
+        caller = tuple(sorted((opts.qsim_options or {}).items()))
+        return _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size, caller)
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
         result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order, initial_state=opts.initial_state)

@@ -25,6 +25,7 @@ from qdask.fault import client as fault
 from qdask.fault.batch import BatchGuard
 from qdask.hybrid import schrodinger_feynman
 from qdask.hybrid.levels import OptimizationPolicy
+from qdask.quantum import qsim_fast
 from qdask.quantum.backends import QSIMH
 from qdask.quantum.errors import FIX, BatchError, TaskFailure
 from qdask.quantum.validate import find_unpicklable
@@ -193,6 +194,7 @@ class Engine:
         sub = Submission(jobs, chunks, [], guard=guard, priority=prio)
         sub.finished = finish is not None and guard is None and not paths and len(chunks) == 1
         # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).
+        qsim_fast.attach_gates([t for chunk in chunks for t in chunk.tasks])
         shared = Shared([chunk.tasks for chunk in chunks])
         with dask.annotate(**(guard.annotations if guard is not None else {})):
             for chunk in chunks:
@@ -297,9 +299,14 @@ class Engine:
 
 
 def metadata(results: list[TaskResult]) -> dict[str, Any]:
-    """Result metadata of one circuit: backend, workers, seconds, bytes."""
+    """Result metadata of one circuit: backend, path, workers, seconds, bytes.
+
+    ``path`` is "compact" where the circuit went to the worker in its compact
+    form (:mod:`qdask.quantum.qsim_fast`), "cirq" where it went as itself.
+    """
     return {
         "backend": results[0].backend,
+        "path": results[0].path,
         "workers": sorted({r.worker for r in results}),
         "seconds": sum(r.seconds for r in results),
         "bytes": sum(r.nbytes for r in results),

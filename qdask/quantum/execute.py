@@ -31,6 +31,7 @@ from qdask.fault.worker import begin_chunk, report_quantum_error
 from qdask.quantum import backends as bk
 from qdask.quantum.errors import TaskFailure, raise_failures
 from qdask.quantum.plan import Task
+from qdask.quantum.qsim_fast import CompactCircuit, stage
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TaskResult:
     worker: str
     payload: Any  # {key: (packed bits, shape)} | ndarray
     nbytes: int
+    path: str = "cirq"  # "compact": sampled from the compact form (qsim_fast), never a cirq circuit
 
 
 def pack_records(records: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, tuple[int, ...], bool]]:
@@ -94,6 +96,10 @@ def _nbytes(payload: Any) -> int:
 
 def _compute(backend: Any, task: Task, circuit: cirq.AbstractCircuit, opts: bk.RunOptions) -> Any:
     """The task's work on ``backend``: packed records, a state, expectation values or amplitudes."""
+    if task.work == "sample" and isinstance(circuit, CompactCircuit):
+        records = backend.sample_compact(circuit, task.gates, task.resolver, task.repetitions, opts)
+        with stage("pack"):
+            return pack_records(records)
     if task.work == "sample":
         return pack_records(backend.sample(circuit, task.repetitions, opts))
     if task.work == "state":
@@ -121,7 +127,9 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
     """
     backend = bk.get_backend(task.backend)
     opts = _options(task)
-    circuit = cirq.resolve_parameters(task.circuit, task.resolver) if task.resolver.param_dict else task.circuit
+    compact = isinstance(task.circuit, CompactCircuit)  # binds its parameters itself, gate by gate
+    resolve = task.resolver.param_dict and not compact
+    circuit = cirq.resolve_parameters(task.circuit, task.resolver) if resolve else task.circuit
     t0 = time.perf_counter()
     try:
         try:
@@ -140,7 +148,8 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
         return TaskResult(task.index, task.start, backend.name, time.perf_counter() - t0, worker, failure, 0)
     seconds = time.perf_counter() - t0
     logger.debug("circuit %d: %s on %s in %.4f s", task.index, task.work, backend.name, seconds)
-    return TaskResult(task.index, task.start, backend.name, seconds, worker, payload, _nbytes(payload))
+    path = "compact" if compact else "cirq"
+    return TaskResult(task.index, task.start, backend.name, seconds, worker, payload, _nbytes(payload), path)
 
 
 def _options(task: Task) -> bk.RunOptions:
@@ -344,7 +353,7 @@ _DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum, cirq.QubitOrde
 
 
 class Shared:
-    """The circuits and observables that several chunks of a batch refer to.
+    """The circuits, observables and gate tables (qsim_fast) that several chunks of a batch refer to.
 
     Each is pickled once and embedded as bytes in every chunk that uses it,
     and each worker loads it once: a parameter-shift gradient's 16 chunks
@@ -358,6 +367,7 @@ class Shared:
         objects: dict[int, Any] = {}
         for tasks in chunks:
             here = {id(t.circuit): t.circuit for t in tasks}
+            here.update((id(t.gates), t.gates) for t in tasks if t.gates is not None)
             here.update((id(o), o) for t in tasks for o in t.extra.get("observables", ()))
             chunks_of.update(here.keys())
             objects.update(here)
@@ -410,7 +420,7 @@ def dump_tasks(tasks: list[Task], shared: Shared | None = None) -> bytes:
     ``__main__`` (a gate class defined in a notebook or script) would pickle
     but not load on a worker; cloudpickle sends those by value.
     """
-    with paused_gc():
+    with paused_gc(), stage("pickle"):
         try:
             blob = _fast_pickle(tasks, shared)
         except (pickle.PicklingError, AttributeError, TypeError):
@@ -468,7 +478,8 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
         _HAND_OFF.wait(worker)
     inbox = Inbox.of(worker)
     with paused_gc():
-        tasks = load_tasks(blob)
+        with stage("decode"):
+            tasks = load_tasks(blob)
         begin_chunk(len(tasks))  # fault tolerance: isolation of a retry, start report (qdask.fault)
         address = worker.address if worker is not None else ""
         results: list[TaskResult] = []

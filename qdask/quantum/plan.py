@@ -20,8 +20,10 @@ from qdask import config
 from qdask.quantum import backends as bk
 from qdask.hybrid.levels import OptimizationPolicy
 from qdask.hybrid.routing import LOWEST_ERROR
+from qdask.quantum import qsim_fast
 from qdask.quantum.analysis import CircuitInfo, analyze
 from qdask.quantum.cost import CostModel
+from qdask.quantum.qsim_fast import CompactCircuit, GateTable
 from qdask.quantum.validate import (
     BackendMismatchError,
     CircuitTooWideError,
@@ -45,6 +47,8 @@ class ClusterView:
     backends: frozenset[str]
     cost: CostModel
     big_threads: int
+    #: Some worker emulates device noise (qdask.hybrid.noise): its samples need the cirq circuit.
+    noisy_devices: bool = False
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]]) -> ClusterView:
@@ -73,6 +77,7 @@ class ClusterView:
             backends=frozenset(set().union(*(set(r.get("backends") or ()) for r in quantum))),
             cost=cost,
             big_threads=big_threads,
+            noisy_devices=any(r.get("error_rate") or r.get("readout_error") for r in quantum),
         )
 
 
@@ -92,6 +97,8 @@ class Job:
     est_seconds: float
     memory: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The circuit's compact form where the worker samples it from that (qsim_fast), else None.
+    compact: CompactCircuit | None = None
 
 
 @dataclass
@@ -100,7 +107,7 @@ class Task:
 
     index: int
     start: int  # first repetition of this block
-    circuit: cirq.AbstractCircuit
+    circuit: cirq.AbstractCircuit | CompactCircuit  # compact: sampled from it on the worker (qsim_fast)
     resolver: cirq.ParamResolver
     work: str
     backend: str
@@ -109,6 +116,7 @@ class Task:
     threads: int
     extra: dict[str, Any]
     fused_gate_size: int = 2  # qsim max_fused_gate_size (optimization level)
+    gates: GateTable | None = None  # the batch's gate table, for a compact circuit (Engine.submit)
 
 
 @dataclass
@@ -168,6 +176,7 @@ class SeedSource:
         return self._state.randint(2**31 - 1, size=n).astype(np.int64)
 
 
+@qsim_fast.stage("plan")
 def build_jobs(
     programs: list[cirq.AbstractCircuit],
     sweeps: list[cirq.Sweepable],
@@ -192,9 +201,11 @@ def build_jobs(
         bk.get_backend(simulator)  # unknown name: lists the installed ones
     policy = policy if policy is not None else OptimizationPolicy.for_level("basic")
     jobs: list[Job] = []
+    qsim_fast.begin_batch()
     for p, (program, sweep, reps) in enumerate(zip(programs, sweeps, repetitions)):
         check_program(p, program)
-        info = analyze(program)
+        with qsim_fast.stage("analysis"):
+            info = analyze(program)
         resolvers = _resolvers(sweep)
         terms = sum(len(o) for o in extra[p].get("observables", ())) if extra else 0
         reps = check_repetitions(len(jobs), reps) if work == "sample" else 1
@@ -241,6 +252,9 @@ def build_jobs(
                     "or optimization_level='aggressive' to fall back to it)",
                 )
             draws = bk.seed_draws(backend, info, work, reps)
+            # One simulation serves every repetition: the compact form carries it (qsim_fast).
+            fast = work == "sample" and backend_name == bk.QSimBackend.name and draws == 1 < reps
+            compact = qsim_fast.encode(program) if fast and not info.per_repetition and not view.noisy_devices else None
             jobs.append(
                 Job(
                     index=index,
@@ -255,6 +269,7 @@ def build_jobs(
                     est_seconds=view.cost.estimate(info, backend_name, repetitions=reps, terms=terms),
                     memory=memory,
                     extra=(extra[p] if extra else {}),
+                    compact=compact,
                 )
             )
     return jobs
@@ -435,7 +450,7 @@ def _task(job: Job, seeds: np.ndarray, start: int, repetitions: int, threads: in
     return Task(
         index=job.index,
         start=start,
-        circuit=job.circuit,
+        circuit=job.compact if job.compact is not None else job.circuit,
         resolver=job.resolver,
         work=job.work,
         backend=job.backend,

@@ -48,8 +48,10 @@ _DIAGONAL_ANGLES = "_diag_angles_radians"
 
 # -- stage timings --------------------------------------------------------------------
 
-#: Seconds spent per stage in this process (client: "encode"; worker: "decode",
-#: "qsim", "pack"), for ``benchmarks/throughput.py``'s breakdown.
+#: Seconds spent per stage in this process, for ``benchmarks/throughput.py``'s
+#: breakdown. Client: "plan" (``build_jobs``, which includes "analysis" and
+#: "encode"), "pickle"; worker: "decode" (unpickling, building qsim circuits),
+#: "qsim", "pack" (records from qsim's shots, bit-packed).
 STAGES: Counter[str] = Counter()
 _STAGES_LOCK = threading.Lock()
 
@@ -352,6 +354,19 @@ class GateTable:
         if self._adders is None:
             self._adders = {i: (e[0], _adder(e) if e[1] != "sym" else None) for i, e in self.entries.items()}
         return self._adders
+
+
+def attach_gates(tasks: list[Any]) -> None:
+    """Give the compact circuits among ``tasks`` (``plan.Task``) the batch's one :class:`GateTable`.
+
+    One object for the batch: ``execute.Shared`` pickles it once, and each
+    worker loads it (and makes its adders) once.
+    """
+    compact = [t for t in tasks if isinstance(t.circuit, CompactCircuit)]
+    if compact:
+        table = GateTable.for_circuits(list({id(t.circuit): t.circuit for t in compact}.values()))
+        for t in compact:
+            t.gates = table
 
 
 # -- worker: build, sample, records ----------------------------------------------------------
