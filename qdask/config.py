@@ -334,6 +334,11 @@ class MonitoringConfig(_Config):
         Seconds (or "100ms") between samples; stored as seconds.
     log_file : str or None
         JSON-lines file with one record per sample.
+    log_max_bytes : int, str or None, default "100MiB"
+        Size at which the log file is rotated (``log_file`` -> ``log_file.1`` ...,
+        Python's ``RotatingFileHandler``); None never rotates.
+    log_backups : int, default 5
+        Rotated files kept beside the log (``log_file.1`` to ``log_file.<n>``), >= 1.
     enable_tracing : bool
         Record one span per circuit task.
     trace_file : str or None
@@ -344,6 +349,8 @@ class MonitoringConfig(_Config):
     collect_metrics: bool = FROM_CONFIG
     sampling_interval: float = FROM_CONFIG
     log_file: str | None = FROM_CONFIG
+    log_max_bytes: int | str | None = FROM_CONFIG
+    log_backups: int = FROM_CONFIG
     enable_tracing: bool = FROM_CONFIG
     trace_file: str | None = FROM_CONFIG
 
@@ -351,6 +358,8 @@ class MonitoringConfig(_Config):
         self._check_bool("collect_metrics")
         self._check_duration("sampling_interval", example="100ms")
         self._check_path("log_file")
+        self._check_size("log_max_bytes", optional=True)
+        self._check_int("log_backups", 1, example=5)
         self._check_bool("enable_tracing")
         self._check_path("trace_file")
         if self.enable_tracing and self.trace_file is None:

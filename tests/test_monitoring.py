@@ -165,6 +165,27 @@ def test_samples_follow_a_batch_and_the_log_has_one_documented_record_per_sample
     assert [json.loads(line)["time"] for line in lines[-3:]] == [r["time"] for r in list(monitor.samples)[-3:]]
 
 
+def test_log_rotates_at_its_size_and_keeps_its_backups(cluster2, tmp_path):
+    log = tmp_path / "rot.jsonl"
+    mon = cluster2.start_monitoring(MonitoringConfig(sampling_interval="50ms", log_file=str(log),
+                                                     log_max_bytes="16KiB", log_backups=2))
+    try:
+        wait_for(lambda: (tmp_path / "rot.jsonl.2").exists(), timeout=60)
+        wait_for(lambda: log.exists() and log.stat().st_size > 0)
+    finally:
+        mon.stop()
+    files = sorted(tmp_path.glob("rot.jsonl*"))
+    assert [f.name for f in files] == ["rot.jsonl", "rot.jsonl.1", "rot.jsonl.2"]  # never a .3
+    record = max(len(line) + 1 for f in files for line in f.read_text().splitlines())
+    for f in files:
+        lines = f.read_text().splitlines()
+        assert all(json.loads(line)["time"] > 0 for line in lines)  # whole records, none split
+        assert f.stat().st_size <= 16 * 1024 + record
+    # Later records in lower numbers: rot.jsonl.2 is the oldest.
+    first = [json.loads(f.read_text().splitlines()[0])["time"] for f in reversed(files)]
+    assert first == sorted(first)
+
+
 def test_trace_has_one_span_per_circuit_task_matching_dask_task_stream(cluster2, monitored, tmp_path):
     client = cluster2.get_client()
     with get_task_stream(client) as stream:

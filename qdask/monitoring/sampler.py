@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from logging.handlers import RotatingFileHandler
 from collections import Counter, deque
 from collections.abc import Hashable, Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
@@ -204,8 +205,8 @@ class Monitor:
         self.samples: deque[dict[str, Any]] = deque(maxlen=history or int(qconfig.get("monitoring.history")))
         self.count = 0  # samples taken since the scheduler started
         self.tracker = CircuitTracker(scheduler)
-        self._log: IO[str] | None = None
-        self._log_path: str | None = None
+        self._log: RotatingFileHandler | None = None
+        self._log_settings: tuple[str, int, int] | None = None  # (path, max bytes, backups)
         # Cumulative readings at the previous committed sample, for per-interval figures.
         self._prev_time = time.time()
         self._prev_tasks: dict[str, float] = self._task_totals()[1]
@@ -242,7 +243,7 @@ class Monitor:
         else:
             self._remove_tracker()
         self._set_trace(config.trace_file if config.enable_tracing else None)
-        self._set_log(config.log_file if config.collect_metrics else None)
+        self._set_log(config if config.collect_metrics else None)
         pc = self.scheduler.periodic_callbacks.get(NAME)
         interval_ms = config.sampling_interval * 1000
         if not config.collect_metrics:
@@ -290,14 +291,23 @@ class Monitor:
             trace.close()
         self.tracker.trace = ChromeTrace(path) if path is not None else None
 
-    def _set_log(self, path: str | None) -> None:
-        if path == self._log_path:
+    def _set_log(self, config: MonitoringConfig | None) -> None:
+        """Open, reopen (other file or rotation) or close the JSON-lines log."""
+        settings = None
+        if config is not None and config.log_file is not None:
+            settings = (config.log_file, int(config.log_max_bytes or 0), config.log_backups)
+        if settings == self._log_settings:
             return
         if self._log is not None:
             self._log.close()
-        # Append: a restarted monitor continues the same JSON-lines file.
-        self._log = open(path, "a") if path is not None else None
-        self._log_path = path
+            self._log = None
+        if settings is not None:
+            path, max_bytes, backups = settings
+            # Appends (a restarted monitor continues the same file) and rotates at
+            # max_bytes: the log grows ~50 MB/hour on 2 workers at 100 ms.
+            self._log = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+            self._log.setFormatter(logging.Formatter("%(message)s"))
+        self._log_settings = settings
 
     def _tick(self) -> None:
         # A failing sample is logged and the next one tried: monitoring must
@@ -307,8 +317,8 @@ class Monitor:
             self.samples.append(record)
             self.count += 1
             if self._log is not None:
-                self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
-                self._log.flush()
+                # Straight to the handler (no logger): it rotates, writes a line and flushes.
+                self._log.handle(logging.makeLogRecord({"msg": json.dumps(record, separators=(",", ":"))}))
             trace = self.tracker.trace
             if trace is not None:
                 total = record["total"]
