@@ -497,3 +497,37 @@ def test_worker_metric_reads_every_gpu_through_nvml():
         assert 0 <= row["utilization"] <= 100
         assert 0 < row["memory_used"] <= row["memory_total"] == gpu.total_memory
 
+
+
+# -- reading results: frames, compact text, the cluster card ----------------------------------
+def test_results_have_frames_and_compact_text_in_human_units(cluster2, monitored):
+    import pandas as pd
+
+    client = cluster2.get_client()
+    client.gather(submit_circuits(client, 2, time.sleep, 0.2))
+    settle(cluster2)
+    table = cluster2.resources()
+    frame = table.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 2
+    assert {"worker", "memory_limit", "joined", "cost_model", "used_resources"} <= set(frame.columns)
+    assert frame["memory_limit"].dtype.kind in "iu"  # raw bytes in the frame
+    for result in (table, cluster2.metrics(), cluster2.detailed_metrics(), cluster2.error_statistics()):
+        text = str(result)
+        assert max(map(len, text.splitlines())) <= 100, text
+        assert not re.search(r"\d{7,}|e\+0\d", text), text  # no raw byte counts or epoch times
+    assert re.search(r"\d+/1 +\d.* GiB", str(table)), str(table)  # slots and state vector as used/total
+    assert "%" in str(cluster2.metrics()) and "GiB" in str(cluster2.detailed_metrics())
+    assert sorted(cluster2.detailed_metrics().to_frame().index) == sorted(client.nthreads())
+    assert cluster2.metrics().to_frame().shape == (1, 3)
+    assert cluster2.error_statistics().to_frame()["node_failures"].iloc[0] == 0
+
+
+def test_cluster_card_is_dask_style_html_with_quantum_figures(cluster2):
+    html = cluster2._repr_html_()
+    assert "QuantumCluster" in html and f'href="{cluster2.dashboard_link}"' in html
+    assert "<strong>Workers:</strong> 2" in html
+    assert "Quantum slots:</strong> 0 busy of 2" in html
+    assert "GPUs:</strong> none" in html or "GPUs:</strong> " in html
+    assert "State-vector memory:</strong>" in html and "GiB" in html
+    for row in cluster2.resources():
+        assert row["worker"] in html

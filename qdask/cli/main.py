@@ -50,11 +50,7 @@ def info(address: str | None) -> None:
         click.echo(str(Table(rows)))
         return
     with attach(address) as qc:
-        table = qc.resources()
-        table.columns = [
-            "worker", "name", "role", "nthreads", "memory_limit", "max_qubits",
-            "qsim_isa", "gpus", "resources", "used_resources",
-        ]
+        table = qc.resources()  # its compact form: within 100 columns, human units
         click.echo(f"Cluster at {address}: {len(table)} worker(s)")
         click.echo(str(table))
 

@@ -29,7 +29,7 @@ from qdask.fault.events import NetworkError, NodeFailure, QuantumError, Recovery
 from qdask.fault.handlers import FailureHandlers, Handler
 from qdask.monitoring import client as monitoring
 from qdask.monitoring.results import AnalysisResult, DetailedMetrics, ErrorStatistics, ResourceMetrics
-from qdask.table import Table
+from qdask.table import RESOURCES_SUMMARY, Table
 from qdask.scheduler import balancer
 from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
 from qdask.worker.discovery import detect_gpus
@@ -255,11 +255,20 @@ class QuantumCluster:
         """Per-worker capabilities and what is in use now, as a table.
 
         Columns: worker, name, role, nthreads, memory_limit, max_qubits, qsim
-        build, GPUs, resources (total) and used_resources.
+        build, GPUs, resources (total) and used_resources, and more. ``print()``
+        shows a compact form within 100 columns in human units (slots and
+        state-vector bytes as used/total); ``to_frame()`` every field.
+
+        Examples
+        --------
+        >>> print(qc.resources())  # doctest: +SKIP
+        worker                 name  role     threads  memory    qubits  gpus  slots  statevector ...
+        tcp://127.0.0.1:33243  1     quantum  1        11.77 GiB 30      0     0/1    0 B/8.83 GiB ...
+        >>> qc.resources().to_frame().set_index("name")["max_qubits"]  # doctest: +SKIP
         """
         client = self.get_client()
         rows = client.sync(client.scheduler.qdask_resources)
-        return Table(rows)
+        return Table(rows, summary=RESOURCES_SUMMARY)
 
     def registry_events(self) -> list[dict[str, Any]]:
         """Joins and leaves seen by the scheduler: time, action, worker, cause."""
@@ -513,4 +522,18 @@ class QuantumCluster:
         if self.cluster is None and self._client is None:
             return "<QuantumCluster closed>"
         return f"<QuantumCluster {self.scheduler_address}>"
+
+    def _repr_html_(self) -> str:
+        """Dask's cluster card (Jupyter): workers, quantum slots, memory, GPUs and the dashboard link."""
+        if self.cluster is None and self._client is None:
+            return "<p>QuantumCluster (closed)</p>"
+        from qdask.deploy.card import cluster_card
+
+        client = self.get_client()
+        return cluster_card(
+            scheduler_address=self.scheduler_address,
+            dashboard_link=self.dashboard_link,
+            workers=client.scheduler_info()["workers"],
+            resources=list(self.resources()),
+        )
 

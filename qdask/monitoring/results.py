@@ -8,12 +8,19 @@ memory in bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import format_bytes
+
+from qdask.table import Table, format_seconds
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class _FromDict:
-    """``cls.from_dict(d)`` keeping only the fields the class knows.
+    """``cls.from_dict(d)`` keeping only the fields the class knows, and ``to_frame()``.
 
     A newer scheduler may send extra keys; an older client ignores them
     instead of failing.
@@ -23,6 +30,20 @@ class _FromDict:
     def from_dict(cls, d: dict[str, Any]) -> Any:
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_frame(self) -> pd.DataFrame:
+        """The fields as a one-row pandas DataFrame (raw units: percent, bytes/s, seconds)."""
+        import pandas as pd
+
+        return pd.DataFrame([asdict(self)])  # type: ignore[call-overload]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} %"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{format_bytes(int(value))}/s"
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,19 @@ class ResourceMetrics(_FromDict):
     node_utilization: float
     network_bandwidth: float
     quantum_utilization: float
+
+    def __str__(self) -> str:
+        """One line in human units.
+
+        Examples
+        --------
+        >>> print(ResourceMetrics(node_utilization=50.0, network_bandwidth=3 * 2**20, quantum_utilization=100.0))
+        quantum slots 100.0 % busy, worker threads 50.0 % busy, network 3.00 MiB/s
+        """
+        return (
+            f"quantum slots {_pct(self.quantum_utilization)} busy, worker threads "
+            f"{_pct(self.node_utilization)} busy, network {_rate(self.network_bandwidth)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +168,40 @@ class DetailedMetrics(_FromDict):
     window: float = 0.0
     samples: int = 0
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per worker (index: address) with its averaged figures, in raw units.
+
+        The cluster totals are the attributes of this object; ``asdict(self)``
+        has them all.
+
+        Examples
+        --------
+        >>> d = DetailedMetrics(active_nodes=1, avg_load=0.0, bandwidth=0.0, latency=0.001,
+        ...                     memory_usage=2**30, cpu_usage=5.0,
+        ...                     workers={"tcp://127.0.0.1:1": {"name": "0", "memory": 2**30}})
+        >>> d.to_frame().loc["tcp://127.0.0.1:1", "memory"]
+        np.int64(1073741824)
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame.from_dict(self.workers, orient="index")
+        frame.index.name = "worker"
+        return frame
+
+    def __str__(self) -> str:
+        """A summary line and a per-worker table, within 100 columns, in human units."""
+        head = (
+            f"{self.active_nodes} worker(s) over {self.window:.3g} s ({self.samples} sample(s)): "
+            f"quantum slots {_pct(self.quantum_utilization)} busy, threads {_pct(self.node_utilization)}\n"
+            f"cpu {_pct(self.cpu_usage)}, memory {format_bytes(int(self.memory_usage))}"
+            f"/{format_bytes(int(self.memory_limit))}, net {_rate(self.bandwidth)}, "
+            f"latency {format_seconds(self.latency)}, {self.throughput:.3g} tasks/s"
+        )
+        rows = [{"worker": addr, **w} for addr, w in self.workers.items()]
+        columns = ["worker", "name", "role", "cpu", "memory", "load", "quantum_busy", "quantum_queued",
+                   "statevector_used", "bandwidth", "latency"]
+        return head + ("\n" + str(Table(rows, columns)) if rows else "")
+
 
 @dataclass(frozen=True)
 class ErrorStatistics(_FromDict):
@@ -164,6 +232,21 @@ class ErrorStatistics(_FromDict):
     quantum_errors: int
     avg_recovery_time: float | None
     recoveries: int = 0
+
+    def __str__(self) -> str:
+        """One line.
+
+        Examples
+        --------
+        >>> print(ErrorStatistics(node_failures=1, network_errors=0, quantum_errors=2,
+        ...                       avg_recovery_time=0.5, recoveries=1))
+        1 node failure(s), 0 network error(s), 2 quantum error(s); 1 recovery(ies), mean 500 ms
+        """
+        mean = "" if self.avg_recovery_time is None else f", mean {format_seconds(self.avg_recovery_time)}"
+        return (
+            f"{self.node_failures} node failure(s), {self.network_errors} network error(s), "
+            f"{self.quantum_errors} quantum error(s); {self.recoveries} recovery(ies){mean}"
+        )
 
 
 @dataclass(frozen=True)
