@@ -40,6 +40,7 @@ import numpy as np
 from dask.utils import format_bytes
 
 from qdask import config
+from qdask.quantum.validate import BackendMismatchError
 from qdask.worker.discovery import statevector_bytes
 
 if TYPE_CHECKING:
@@ -264,8 +265,12 @@ class QSimBackend:
         return _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size, caller)
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
-        result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order, initial_state=opts.initial_state)
-        return np.asarray(result.final_state_vector, dtype=np.complex64)
+        # qsim's raw state: the client's trial result normalises it once, as qsimcirq's does
+        # (a second normalisation moves amplitudes by an ulp).
+        _, state, _ = self._simulator(opts).simulate_into_1d_array(
+            circuit, qubit_order=qubit_order, initial_state=opts.initial_state
+        )
+        return state
 
     def expectation(
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
@@ -333,6 +338,20 @@ def qsim_limit(info: CircuitInfo) -> str | None:
     if info.widest_op > QSIM_MAX_GATE_QUBITS:
         return f"a gate on {info.widest_op} qubits (qsim takes up to {QSIM_MAX_GATE_QUBITS}; 'cirq' runs it)"
     return None
+
+
+class QSimGateTooWideError(BackendMismatchError, NotImplementedError):
+    """A gate on more qubits than qsim takes, asked of a qsim backend by name.
+
+    Also a ``NotImplementedError``, the type qsimcirq raises for it.
+    """
+
+
+def mismatch_type(name: str, info: CircuitInfo) -> type[BackendMismatchError]:
+    """The error for a circuit the backend ``name`` refuses: of qsim's own type where qsimcirq has one."""
+    if name.startswith("qsim") and info.widest_op > QSIM_MAX_GATE_QUBITS:
+        return QSimGateTooWideError
+    return BackendMismatchError
 
 
 class CirqBackend:

@@ -158,6 +158,10 @@ def _options(task: Task) -> bk.RunOptions:
         threads=task.threads,
         max_fused_gate_size=task.fused_gate_size,
         initial_state=task.extra.get("initial_state", 0),
+        qsim_options=task.extra.get("qsim_options"),
+        # A noisy expectation value's block of trajectories (plan._split).
+        trajectories=task.repetitions if task.work == "expectation" else 1,
+        first_trajectory=task.start if task.work == "expectation" else 0,
     )
 
 

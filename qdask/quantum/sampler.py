@@ -21,8 +21,19 @@ class Sampler(cirq.Sampler):
     ``run``, ``run_sweep``, ``run_batch``, ``sample`` and their ``*_async``
     twins submit every circuit of the call at once: small circuits are packed
     into chunks, big ones run alone, and results come back in the caller's
-    order. With ``seed`` set, results equal a serial
-    ``qsimcirq.QSimSimulator(seed=seed)`` making the same calls.
+    order.
+
+    With ``seed`` set, results are the same run to run, on any number of
+    workers and whatever the chunking. They equal a serial
+    ``qsimcirq.QSimSimulator(seed=seed, noise=noise)`` making the same calls
+    for every circuit that runs on ``qsim`` or ``qsim-trajectories``: always
+    with ``simulator="qsim"`` (noiseless circuits) or
+    ``optimization_level="none"``. With ``simulator="auto"`` two kinds of
+    circuit run elsewhere, reproducibly but with other samples than qsim's:
+    noiseless Clifford circuits of 4 or more qubits (sampled by ``stim``),
+    and circuits qsim cannot run (classical control, qudits, confusion maps,
+    gates on more than 6 qubits: cirq's simulator). ``result.metadata["backend"]``
+    names the backend of each circuit.
 
     Parameters
     ----------
@@ -30,6 +41,16 @@ class Sampler(cirq.Sampler):
         Defaults to the current default client.
     seed : int, optional
         Seed of the sampler's random stream.
+    noise : cirq.NOISE_MODEL_LIKE, optional
+        Noise applied to every circuit, as qsimcirq's ``noise=``: a
+        ``cirq.NoiseModel``, or a single-qubit channel applied after every
+        moment to every qubit.
+    qsim_options : qsimcirq.QSimOptions or dict, optional
+        qsim's options, as ``qsimcirq.QSimSimulator`` takes them (a dict uses
+        qsim's short keys or ``QSimOptions`` field names). Those set apply on
+        every worker; ``cpu_threads`` left at its default lets qdask choose,
+        and ``use_gpu=True`` asks for the ``qsim-gpu`` backend. Reported back
+        as :attr:`qsim_options`, as qsimcirq's dict.
     simulator : str, default "auto"
         Backend for every circuit, or "auto" to choose per circuit
         (``qdask.backends()`` lists them).
@@ -51,11 +72,37 @@ class Sampler(cirq.Sampler):
         client: Client | None = None,
         *,
         seed: int | np.random.RandomState | None = None,
+        noise: cirq.NOISE_MODEL_LIKE = None,
+        qsim_options: Any = None,
         simulator: str = "auto",
         priority: int | str = "normal",
         progress: bool = False,
     ) -> None:
+        self.noise = cirq.NoiseModel.from_noise_model_like(noise)
+        #: The caller's qsim options that differ from qsim's defaults (short keys): what travels to the workers.
+        self._qsim_changes = _qsim_changes(qsim_options)
+        if self._qsim_changes.get("g") and simulator == "auto":
+            simulator = "qsim-gpu"  # the backend decides GPU or not (qdask.quantum.backends)
         self.engine = Engine(client, seed=seed, simulator=simulator, priority=priority, progress=progress)
+
+    @property
+    def qsim_options(self) -> dict[str, Any]:
+        """qsim's option dict, as ``qsimcirq.QSimSimulator.qsim_options`` reports it (qsim's defaults, then the caller's)."""
+        import qsimcirq
+
+        return {**qsimcirq.QSimOptions().as_dict(), **self._qsim_changes}
+
+    def _noisy(self, program: cirq.AbstractCircuit) -> cirq.AbstractCircuit:
+        """``program`` with the noise model applied, exactly as qsimcirq applies it."""
+        if self.noise is cirq.NO_NOISE:
+            return program
+        return cirq.Circuit(self.noise.noisy_moments(program, sorted(program.all_qubits())))
+
+    def _with_options(self, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each program's extras, with the caller's qsim options where there are any."""
+        if not self._qsim_changes:
+            return extra
+        return [{**e, "qsim_options": self._qsim_changes} for e in extra]
 
     @property
     def client(self) -> Client:
@@ -108,8 +155,8 @@ class Sampler(cirq.Sampler):
         it can feed classical tasks: ``client.submit(postprocess, future)``.
         """
         sub = self.engine.submit(
-            [circuit], [params], [repetitions], work="sample", simulator=simulator, priority=priority,
-            finish=_assemble_sweep,
+            [self._noisy(circuit)], [params], [repetitions], work="sample", simulator=simulator, priority=priority,
+            finish=_assemble_sweep, extra=self._with_options([{}]) if self._qsim_changes else None,
         )
         if sub.finished:  # one task ran the circuits and assembled the result
             return sub.futures[0]
@@ -144,7 +191,46 @@ class Sampler(cirq.Sampler):
             )
         if len(programs) != len(reps):
             raise ValueError(f"len(programs) and len(repetitions) must match. Got {len(programs)} and {len(reps)}. {fix}")
-        return self.engine.submit(list(programs), list(params_list), reps, work="sample")
+        extra = self._with_options([{}] * len(programs)) if self._qsim_changes else None
+        return self.engine.submit([self._noisy(p) for p in programs], list(params_list), reps, work="sample", extra=extra)
+
+
+def _qsim_changes(qsim_options: Any) -> dict[str, Any]:
+    """The options of a ``QSimOptions`` or dict that differ from qsim's defaults, by qsim's short keys.
+
+    Raises ``ValueError`` for qsim's reserved keys, as qsimcirq does, and for
+    names qsim does not have.
+    """
+    import dataclasses
+
+    import qsimcirq
+
+    defaults = qsimcirq.QSimOptions().as_dict()
+    if qsim_options is None:
+        return {}
+    if isinstance(qsim_options, qsimcirq.QSimOptions):
+        given = qsim_options.as_dict()
+    elif isinstance(qsim_options, dict):
+        names = {f.name: key for f, key in zip(dataclasses.fields(qsimcirq.QSimOptions), defaults)}
+        reserved = sorted(k for k in qsim_options if k in ("c", "i", "s"))
+        if reserved:
+            raise ValueError(  # qsimcirq's wording, then the fix
+                'Keys {"c", "i", "s"} are reserved for internal use and cannot be used in QSimCircuit instantiation. '
+                f"Got {reserved}. Fix: qdask sets the circuit and the seed itself (seed=...)."
+            )
+        unknown = sorted(k for k in qsim_options if k not in defaults and k not in names)
+        if unknown:
+            raise ValueError(
+                f"qsim_options has unknown keys {unknown}: qsim's are {sorted(defaults)} or the QSimOptions fields "
+                f"{sorted(names)}. Fix: pass qsimcirq.QSimOptions(...) or those keys."
+            )
+        given = {names.get(k, k): v for k, v in qsim_options.items()}
+    else:
+        raise TypeError(
+            f"qsim_options must be a qsimcirq.QSimOptions or a dict, got {type(qsim_options).__name__}. "
+            "Fix: qsim_options=qsimcirq.QSimOptions(max_fused_gate_size=4)."
+        )
+    return {k: v for k, v in given.items() if defaults.get(k) != v}
 
 
 def _by_program(sub: Submission, by_index: dict[int, list[TaskResult]], n_programs: int) -> list[list[Result]]:

@@ -25,14 +25,24 @@ class Simulator(
 
     Implements ``SimulatesSamples`` (``run*``, as :class:`qdask.Sampler`),
     ``SimulatesFinalState`` (``simulate``, ``simulate_sweep``),
-    ``SimulatesExpectationValues`` and ``SimulatesAmplitudes``. Every parameter
-    point of a sweep is a separate circuit job; cheap ones are packed together.
+    ``SimulatesExpectationValues`` and ``SimulatesAmplitudes``, and qsimcirq's
+    own ``simulate_into_1d_array`` and ``simulate_moment_expectation_values``.
+    Every parameter point of a sweep is a separate circuit job; cheap ones are
+    packed together.
+
+    As in qsimcirq, a noisy circuit's ``simulate`` / ``compute_amplitudes``
+    give one sampled trajectory (seeded), and its expectation values average
+    ``qsim_options["ev_noisy_repetitions"]`` trajectories, which qdask spreads
+    over the workers. The exact density matrix comes with
+    ``simulator="density-matrix"``. ``simulate`` of a circuit that measures
+    runs on cirq's simulator and returns the measurement values, as
+    ``cirq.Simulator`` does (``docs/from-qsimcirq.md``).
 
     Parameters are those of :class:`qdask.Sampler`.
 
     Examples
     --------
-    >>> sim = qdask.Simulator(client)  # doctest: +SKIP
+    >>> sim = qdask.Simulator(client, noise=cirq.depolarize(0.01), seed=1)  # doctest: +SKIP
     >>> sim.simulate(circuit).final_state_vector  # doctest: +SKIP
     """
 
@@ -41,11 +51,22 @@ class Simulator(
         client: Client | None = None,
         *,
         seed: int | np.random.RandomState | None = None,
+        noise: cirq.NOISE_MODEL_LIKE = None,
+        qsim_options: Any = None,
         simulator: str = "auto",
         priority: int | str = "normal",
         progress: bool = False,
     ) -> None:
-        Sampler.__init__(self, client, seed=seed, simulator=simulator, priority=priority, progress=progress)
+        Sampler.__init__(
+            self,
+            client,
+            seed=seed,
+            noise=noise,
+            qsim_options=qsim_options,
+            simulator=simulator,
+            priority=priority,
+            progress=progress,
+        )
 
     def _run(
         self, circuit: cirq.AbstractCircuit, param_resolver: cirq.ParamResolver, repetitions: int
@@ -60,21 +81,21 @@ class Simulator(
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
         initial_state: Any = None,
     ) -> list[cirq.SimulationTrialResult]:
-        order = _order(program, qubit_order)
-        extra = {"qubit_order": order, "initial_state": _initial_state(initial_state, len(order))}
-        sub, by_index = self._compute(program, params, "state", extra)
         out = []
-        for job in sub.jobs:
-            results = by_index[job.index]
-            data = results[0].payload
+        for resolver, data, order, results in self._states(program, params, qubit_order, initial_state):
+            measurements: dict[str, np.ndarray] = {}
+            if isinstance(data, tuple):  # cirq's simulator: the state and the measurement values
+                data, measurements = data
             if data.ndim == 2:  # density matrix (exact noisy state)
                 state: Any = cirq.DensityMatrixSimulationState(initial_state=data, qubits=order)
                 trial: cirq.SimulationTrialResult = cirq.DensityMatrixTrialResult(
-                    params=job.resolver, measurements={}, final_simulator_state=state
+                    params=resolver, measurements=measurements, final_simulator_state=state
                 )
             else:
                 state = cirq.StateVectorSimulationState(initial_state=data, qubits=order)
-                trial = cirq.StateVectorTrialResult(params=job.resolver, measurements={}, final_simulator_state=state)
+                trial = cirq.StateVectorTrialResult(
+                    params=resolver, measurements=measurements, final_simulator_state=state
+                )
             trial.metadata = metadata(results)  # type: ignore[attr-defined]
             out.append(trial)
         return out
@@ -88,6 +109,26 @@ class Simulator(
     ) -> Iterator[cirq.SimulationTrialResult]:
         yield from self.simulate_sweep(program, params, qubit_order, initial_state)
 
+    def simulate_into_1d_array(
+        self,
+        program: cirq.AbstractCircuit,
+        param_resolver: cirq.ParamResolverOrSimilarType = None,
+        qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
+        initial_state: Any = None,
+    ) -> tuple[cirq.ParamResolver, np.ndarray, tuple[cirq.Qid, ...]]:
+        """``simulate`` without the result object: (resolver, final state, qubit order), as qsimcirq returns them."""
+        resolver, data, order, _ = self._states(program, cirq.ParamResolver(param_resolver), qubit_order, initial_state)[0]
+        return resolver, data[0] if isinstance(data, tuple) else data, tuple(order)
+
+    def _states(
+        self, program: cirq.AbstractCircuit, params: cirq.Sweepable, qubit_order: cirq.QubitOrderOrList, initial_state: Any
+    ) -> list[tuple[cirq.ParamResolver, Any, list[cirq.Qid], list[TaskResult]]]:
+        program = self._noisy(program)
+        order = _order(program, qubit_order)
+        extra = {"qubit_order": order, "initial_state": _initial_state(initial_state, order)}
+        sub, by_index = self._compute(program, params, "state", extra)
+        return [(job.resolver, by_index[job.index][0].payload, order, by_index[job.index]) for job in sub.jobs]
+
     # -- SimulatesExpectationValues --------------------------------------------------
     def simulate_expectation_values_sweep(  # type: ignore[override]
         self,
@@ -98,23 +139,24 @@ class Simulator(
         initial_state: Any = None,
         permit_terminal_measurements: bool = False,
     ) -> list[list[float]]:
-        if program.has_measurements():
-            if not permit_terminal_measurements:
-                raise ValueError(
-                    "the circuit has measurements; expectation values are computed on the state before them. "
-                    "Fix: pass permit_terminal_measurements=True, or remove the measurements."
-                )
-            if not program.are_all_measurements_terminal():
-                raise ValueError("mid-circuit measurements are not supported for expectation values; remove them.")
-            program = cirq.drop_terminal_measurements(program)
+        if not permit_terminal_measurements and program.are_any_measurements_terminal():
+            raise ValueError(  # cirq's wording (SimulatesExpectationValues), then qdask's fix
+                "Provided circuit has terminal measurements, which may skew expectation values. "
+                "If this is intentional, set permit_terminal_measurements=True. "
+                "Fix: pass permit_terminal_measurements=True, or remove the measurements."
+            )
+        # Measurements stay in the circuit: as in cirq and qsim, each one
+        # collapses the state (seeded) before the observables are measured.
+        program = self._noisy(program)
         obs = observables if isinstance(observables, list) else [observables]
+        order = _order(program, qubit_order)
         extra = {
-            "qubit_order": _order(program, qubit_order),
+            "qubit_order": order,
             "observables": [cirq.PauliSum.wrap(o) for o in obs],
-            "initial_state": _initial_state(initial_state, len(program.all_qubits())),
+            "initial_state": _initial_state(initial_state, order),
         }
         sub, by_index = self._compute(program, params, "expectation", extra)
-        return [list(by_index[job.index][0].payload) for job in sub.jobs]
+        return [_average_trajectories(job.repetitions, by_index[job.index]) for job in sub.jobs]
 
     def simulate_expectation_values_sweep_iter(
         self,
@@ -129,6 +171,47 @@ class Simulator(
             program, observables, params, qubit_order, initial_state, permit_terminal_measurements
         )
 
+    def simulate_moment_expectation_values(
+        self,
+        program: cirq.AbstractCircuit,
+        indexed_observables: dict[int, cirq.PauliSumLike | list[cirq.PauliSumLike]] | cirq.PauliSumLike | list[cirq.PauliSumLike],
+        param_resolver: cirq.ParamResolverOrSimilarType = None,
+        qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
+        initial_state: Any = None,
+    ) -> list[list[complex]]:
+        """Expectation values after moments of ``program``, as qsimcirq's method of the same name.
+
+        ``indexed_observables`` maps a moment index to an observable or a list
+        of them; one observable or a list applies after every moment. Returns
+        one list of values per moment asked for, in moment order. Each moment
+        is the circuit up to it, a separate job, so the moments run in parallel.
+        """
+        if isinstance(indexed_observables, dict):
+            pairs = sorted((m, obs if isinstance(obs, list) else [obs]) for m, obs in indexed_observables.items())
+        else:
+            obs = indexed_observables if isinstance(indexed_observables, list) else [indexed_observables]
+            pairs = [(m, obs) for m in range(len(program))]
+        for m, _ in pairs:
+            if not 0 <= m < len(program):
+                raise IndexError(
+                    f"moment {m} is not in the circuit (moments 0 to {len(program) - 1}). "
+                    "Fix: key indexed_observables by moment indices of the circuit."
+                )
+        program = self._noisy(program)
+        order = _order(program, qubit_order)
+        state = _initial_state(initial_state, order)
+        resolver = cirq.ParamResolver(param_resolver)
+        prefixes = [program[: m + 1] for m, _ in pairs]
+        extra = [
+            {"qubit_order": order, "observables": [cirq.PauliSum.wrap(o) for o in obs], "initial_state": state}
+            for _, obs in pairs
+        ]
+        sub = self.engine.submit(
+            prefixes, [resolver] * len(prefixes), [1] * len(prefixes), work="expectation", extra=self._with_options(extra)
+        )
+        by_index = self.engine.collect(sub)
+        return [_average_trajectories(job.repetitions, by_index[job.index]) for job in sub.jobs]
+
     # -- SimulatesAmplitudes ---------------------------------------------------------
     def compute_amplitudes_sweep(  # type: ignore[override]
         self,
@@ -137,6 +220,7 @@ class Simulator(
         params: cirq.Sweepable,
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
     ) -> list[list[complex]]:
+        program = self._noisy(program)
         extra = {"qubit_order": _order(program, qubit_order), "bitstrings": [int(b) for b in bitstrings]}
         sub, by_index = self._compute(program, params, "amplitudes", extra)
         return [list(by_index[job.index][0].payload) for job in sub.jobs]
@@ -154,21 +238,56 @@ class Simulator(
     def _compute(
         self, program: cirq.AbstractCircuit, params: cirq.Sweepable, work: str, extra: dict[str, Any]
     ) -> tuple[Submission, dict[int, list[TaskResult]]]:
-        sub = self.engine.submit([program], [params], [1], work=work, extra=[extra])
+        sub = self.engine.submit([program], [params], [1], work=work, extra=self._with_options([extra]))
         return sub, self.engine.collect(sub)
+
+
+def _average_trajectories(trajectories: int, results: list[TaskResult]) -> list[complex]:
+    """One job's expectation values: the blocks of a noisy one's trajectories averaged, weighted by their length."""
+    if len(results) == 1:
+        return list(results[0].payload)
+    # Blocks arrive in trajectory order (sorted by start); the last runs to the end.
+    ends = [r.start for r in results[1:]] + [trajectories]
+    total = sum(np.asarray(r.payload) * (end - r.start) for r, end in zip(results, ends))
+    return list(total / trajectories)
 
 
 def _order(program: cirq.AbstractCircuit, qubit_order: cirq.QubitOrderOrList) -> list[cirq.Qid]:
     return list(cirq.QubitOrder.as_qubit_order(qubit_order).order_for(program.all_qubits()))
 
 
-def _initial_state(initial_state: Any, num_qubits: int) -> int:
-    """qdask sends basis-state initial states only (an int); a vector would cost a state per task."""
+def _initial_state(initial_state: Any, order: Sequence[cirq.Qid]) -> int | np.ndarray:
+    """What qsimcirq accepts as an initial state, checked as qsimcirq checks it; a vector is copied.
+
+    A basis state as an int, or the full state vector as a complex64
+    ``numpy`` array of ``2**n`` amplitudes (qubit order ``order``). The copy
+    travels to the workers: the caller's array is never modified, and no
+    result aliases it.
+    """
+    size = int(np.prod([q.dimension for q in order], dtype=np.int64))
     if initial_state is None:
         return 0
-    if isinstance(initial_state, (int, np.integer)) and 0 <= int(initial_state) < 2**num_qubits:
+    if isinstance(initial_state, (int, np.integer)) and not isinstance(initial_state, bool):
+        if not 0 <= int(initial_state) < size:
+            raise ValueError(
+                f"initial_state={initial_state!r} is not a basis state of the {len(order)} qubits "
+                f"(an int in [0, {size})). Fix: pass an int in that range, or a state vector."
+            )
         return int(initial_state)
-    raise ValueError(
-        f"initial_state={initial_state!r} is not supported: qdask accepts a computational basis state as an int "
-        f"in [0, 2**{num_qubits}). Fix: prepend gates that prepare the state to the circuit."
+    if isinstance(initial_state, np.ndarray):
+        if initial_state.dtype != np.complex64:  # qsimcirq's TypeError
+            raise TypeError(
+                f"initial_state vector must have dtype np.complex64, got {initial_state.dtype}. "
+                "Fix: pass initial_state.astype(np.complex64)."
+            )
+        if initial_state.size != size:  # qsimcirq's ValueError
+            raise ValueError(
+                f"initial_state vector size must match number of qubits: expected {size} amplitudes "
+                f"for {len(order)} qubits, received {initial_state.size}. Fix: pass a vector of {size} amplitudes "
+                "in the order of qubit_order."
+            )
+        return np.array(initial_state, dtype=np.complex64, copy=True).reshape(-1)
+    raise TypeError(  # qsimcirq's TypeError
+        f"initial_state must be an int or state vector, got {type(initial_state).__name__}. "
+        "Fix: pass a basis state as an int or a complex64 numpy array."
     )
