@@ -278,6 +278,29 @@ def test_tiny_tasks_are_reported_scheduler_bound(cluster2, monitored):
     assert rules == ["scheduler-bound"]
 
 
+def test_a_flood_of_single_circuit_submits_after_heavy_work_is_found(cluster2, monitored):
+    import cirq
+
+    from qdask import Sampler
+
+    client = cluster2.get_client()
+    t0 = time.time()
+    client.gather(submit_circuits(client, 4, time.sleep, 1.0))  # heavier work first: 4 s of compute
+    sampler = Sampler(client, seed=1, progress=False)
+    q = cirq.LineQubit.range(2)
+    tiny = cirq.Circuit(cirq.H(q[0]), cirq.CNOT(*q), cirq.measure(*q, key="m"))
+    client.gather([sampler.submit(tiny, repetitions=1) for _ in range(150)])  # one submit per circuit
+    result = _analyze_since(cluster2, t0)
+    (b,) = [b for b in result.bottlenecks if b.rule == "scheduler-bound"]
+    assert b.evidence["group"].startswith("qdask_sample_"), b.evidence
+    assert b.evidence["finished"] >= 100 and b.evidence["circuits_per_task"] == 1.0, b.evidence
+    assert "sampler.run_batch(circuits" in b.recommendation
+    # The window as a whole is not tiny: the heavy tasks lift its mean above the threshold.
+    samples = cluster2.get_client().sync(cluster2.get_client().scheduler.qdask_samples, since=t0)
+    finished = sum(s["tasks"]["finished"] for s in samples)
+    assert sum(s["tasks"]["compute"] for s in samples) / finished > 0.010
+
+
 def test_work_pinned_to_one_worker_is_an_imbalance(cluster2, monitored):
     client = cluster2.get_client()
     a = sorted(client.nthreads())[0]

@@ -302,3 +302,32 @@ def test_trace_is_valid_json_with_one_lane_per_worker_thread(tmp_path):
     assert names == {"tcp://w1", "tcp://w2"}
     assert [e["args"] for e in events if e["ph"] == "C"] == [{"quantum": 50.0}]
     assert trace.spans == 3 and trace.closed
+
+
+def test_a_flood_of_one_circuit_tasks_after_heavy_work_is_found_per_group():
+    # 10 heavy circuit tasks of 2 s, then 300 one-circuit tasks of 0.5 ms (one Sampler.submit each):
+    # the window's mean task (65 ms) is far above tiny-task (10 ms), the flood's own mean is not.
+    heavy = {"qdask_sample_c14": {"finished": 10, "compute": 20.0, "circuits": 40}}
+    flood = {"qdask_sample_c0": {"finished": 100, "compute": 0.05, "circuits": 100}}
+    samples = [sample(1000.0 + i, {"a": busy(), "b": busy()}, interval=1.0, finished=10, compute=20.0,
+                      groups=heavy) for i in range(2)]
+    samples += [sample(1002.0 + i, {"a": busy(), "b": busy()}, interval=1.0, finished=100, compute=0.05,
+                       groups=flood) for i in range(3)]
+    whole_window_mean = sum(s["tasks"]["compute"] for s in samples) / sum(s["tasks"]["finished"] for s in samples)
+    assert whole_window_mean > 0.010  # what the window-wide rule alone saw: no finding
+    assert rules_fired([{**s, "tasks": {**s["tasks"], "groups": {}}} for s in samples]) == []
+    (b,) = analyze(samples).bottlenecks
+    assert b.rule == "scheduler-bound"
+    assert b.evidence["group"] == "qdask_sample_c0" and b.evidence["finished"] == 300
+    assert b.evidence["circuits_per_task"] == 1.0
+    assert "300 qdask_sample_c0 tasks (1 circuit(s) each)" in b.message
+    assert "sampler.run_batch(circuits" in b.recommendation and "Sampler.submit" in b.recommendation
+
+
+def test_tiny_classical_tasks_get_classical_batching_advice():
+    groups = {"inc": {"finished": 150, "compute": 0.03, "circuits": 0}}
+    samples = [sample(float(i), {"a": busy()}, interval=1.0, finished=150, compute=0.03, groups=groups)
+               for i in range(2)]
+    (b,) = analyze(samples).bottlenecks
+    assert b.evidence["group"] == "inc" and b.evidence["circuits_per_task"] is None
+    assert "client.map over chunks" in b.recommendation

@@ -91,14 +91,81 @@ def analyze(samples: Samples, thresholds: Thresholds | None = None) -> AnalysisR
     )
 
 
+def task_groups(samples: Samples) -> dict[str, dict[str, float]]:
+    """Finished tasks, compute seconds and circuits per task prefix over ``samples``.
+
+    A prefix is what Dask groups tasks by (``inc``, ``qdask_sample_c0``: qdask
+    names circuit tasks by their kind of work and cost class). Records without
+    ``tasks.groups`` (older schedulers) contribute nothing.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for s in samples:
+        for prefix, g in (s["tasks"].get("groups") or {}).items():
+            acc = out.setdefault(prefix, {"finished": 0, "compute": 0.0, "circuits": 0})
+            for k in acc:
+                acc[k] += g.get(k, 0)
+    return out
+
+
+def _batching_advice(prefix: str, circuits_per_task: float | None, t: Thresholds) -> str:
+    """How to give each task of group ``prefix`` more work."""
+    if circuits_per_task is not None and circuits_per_task < 1.5:
+        return (
+            f"Batch the circuits of {prefix}: each task ran one circuit, as a Sampler.submit(circuit) "
+            "call per circuit does. Collect the circuits and submit them as one batch: "
+            "sampler.run_batch(circuits, repetitions=...) (run_batch_async from async code; "
+            "run_sweep for one circuit over many parameters), which packs them into tasks of about "
+            "qdask.quantum.chunk-duration each; keep Sampler.submit for the few circuits that "
+            "classical tasks must consume as futures."
+        )
+    if circuits_per_task is not None or prefix.startswith("qdask_"):
+        return (
+            f"Raise the chunk size of {prefix}: pack more circuits into each task (raise "
+            "qdask.quantum.min-chunk-duration or set qdask.quantum.chunk-duration), so that a task "
+            f"computes for well over {t.tiny_task * 1e3:.3g} ms."
+        )
+    return (
+        f"Batch the {prefix} tasks: give each task more work (client.map over chunks of inputs instead "
+        f"of single items, bigger partitions for dask.bag/array/dataframe), so that a task computes for "
+        f"well over {t.tiny_task * 1e3:.3g} ms."
+    )
+
+
 def scheduler_bound(samples: Samples, t: Thresholds) -> Bottleneck | None:
-    """Tiny tasks: the scheduler's per-task cost dominates the work done."""
+    """Tiny tasks: the scheduler's per-task cost dominates the work done.
+
+    Judged per group of tasks (task prefix) first, so a flood of tiny tasks
+    is found even when heavier work in the same window raises the mean; then
+    over the whole window (many small groups of tiny tasks).
+    """
+    span = max(covered(samples), 1e-9)
+    tiny = [
+        (prefix, g) for prefix, g in task_groups(samples).items()
+        if g["finished"] >= t.min_tasks and g["compute"] / g["finished"] < t.tiny_task
+    ]
+    if tiny:
+        prefix, g = max(tiny, key=lambda pg: pg[1]["finished"])
+        finished = int(g["finished"])
+        per_task = g["compute"] / finished
+        per_circuit = g["circuits"] / finished if g["circuits"] else None
+        what = f"{finished} {prefix} tasks" + (
+            f" ({per_circuit:.3g} circuit(s) each)" if per_circuit is not None else "")
+        return Bottleneck(
+            rule="scheduler-bound",
+            message=(
+                f"{what} averaged {per_task * 1e3:.3g} ms of compute each ({finished / span:.0f} tasks/s): "
+                "the scheduler's overhead per task (about a millisecond) outweighs their work"
+            ),
+            recommendation=_batching_advice(prefix, per_circuit, t),
+            evidence={"group": prefix, "finished": finished, "mean_task_seconds": per_task,
+                      "tasks_per_second": finished / span, "circuits_per_task": per_circuit},
+        )
     finished = sum(s["tasks"]["finished"] for s in samples)
     compute = sum(s["tasks"]["compute"] for s in samples)
     if finished < t.min_tasks or compute / finished >= t.tiny_task:
         return None
     per_task = compute / finished
-    rate = finished / max(covered(samples), 1e-9)
+    rate = finished / span
     return Bottleneck(
         rule="scheduler-bound",
         message=(

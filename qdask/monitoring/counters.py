@@ -62,6 +62,8 @@ class CircuitCounters(SchedulerPlugin):
         Seconds of every counted circuit.
     batches : int
         Batches planned (one ``qdask_batch_context`` call each).
+    prefix_circuits : collections.Counter
+        ``{task prefix: circuits finished}``.
     """
 
     name = NAME
@@ -70,6 +72,8 @@ class CircuitCounters(SchedulerPlugin):
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self.circuits: Counter[tuple[str, str]] = Counter()
+        # { task prefix: circuits finished } (the analysis judges circuits per task by group)
+        self.prefix_circuits: Counter[str] = Counter()
         self.buckets = [0] * len(BUCKETS)
         self.duration_sum = 0.0
         self.batches = 0
@@ -84,6 +88,7 @@ class CircuitCounters(SchedulerPlugin):
             return
         n = max(int(ann.get("circuits") or 1), 1)
         self.circuits[(str(ann.get("backend") or "unknown"), work_kind(key))] += n
+        self.prefix_circuits[key_split(key)] += n
         compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
         if compute:
             seconds = sum(s["stop"] - s["start"] for s in compute)

@@ -210,6 +210,8 @@ class Monitor:
         # Cumulative readings at the previous committed sample, for per-interval figures.
         self._prev_time = time.time()
         self._prev_tasks: dict[str, float] = self._task_totals()[1]
+        # { task prefix: (finished, compute seconds, circuits) } at the previous committed sample
+        self._prev_groups: dict[str, tuple[int, float, int]] = {}
         # { worker address: (heartbeat time, sent bytes, bytes/s) }
         self._sent: dict[str, tuple[float, float, float]] = {}
         # Counted from the start, sampling or not (Prometheus counters never go back).
@@ -345,6 +347,13 @@ class Monitor:
                 del self._sent[gone]
         states, cumulative = self._task_totals()
         window = {k: max(v - self._prev_tasks.get(k, 0.0), 0.0) for k, v in cumulative.items()}
+        groups_now = self._group_totals()
+        groups = {}
+        for prefix, (finished, compute, circuits) in groups_now.items():
+            f0, c0, n0 = self._prev_groups.get(prefix, (0, 0.0, 0))
+            if finished > f0:
+                groups[prefix] = {"finished": finished - f0, "compute": max(compute - c0, 0.0),
+                                  "circuits": max(circuits - n0, 0)}
         record = {
             "time": now,
             "interval": max(now - self._prev_time, 0.0),
@@ -358,15 +367,26 @@ class Monitor:
                 "erred": int(window["erred"]),
                 "compute": window["compute"],
                 "transfer": window["transfer"],
+                "groups": groups,
             },
         }
         if commit:
-            self._prev_time, self._prev_tasks = now, cumulative
+            self._prev_time, self._prev_tasks, self._prev_groups = now, cumulative, groups_now
         return record
+
+    def _group_totals(self) -> dict[str, tuple[int, float, int]]:
+        """Per task prefix: cumulative finished tasks, compute seconds and circuits."""
+        circuits = self.counters.prefix_circuits
+        return {
+            name: (tp.state_counts.get("memory", 0), tp.all_durations.get("compute", 0.0), circuits.get(name, 0))
+            for name, tp in self.scheduler.task_prefixes.items()
+            if tp.state_counts.get("memory", 0)
+        }
 
     def _commit_baseline(self) -> None:
         self._prev_time = time.time()
         self._prev_tasks = self._task_totals()[1]
+        self._prev_groups = self._group_totals()
 
     def _task_totals(self) -> tuple[dict[str, int], dict[str, float]]:
         """Tasks per state now, and cumulative finished/erred counts and compute/transfer seconds."""
