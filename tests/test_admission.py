@@ -7,11 +7,14 @@ exception types with what qsimcirq / cirq raise for the same call.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import threading
+import time
 
 import cirq
+import dask
 import numpy as np
 import pytest
 import qsimcirq
@@ -19,7 +22,21 @@ import sympy
 
 import qdask
 from qdask import FaultToleranceConfig
+from qdask.quantum import backends as bk
+from qdask.quantum.cost import CostModel
 from qdask.quantum.errors import BatchError, TaskFailure
+from qdask.quantum.plan import (
+    LAZY_SEEDS,
+    ClusterView,
+    SeedRange,
+    SeedSource,
+    build_jobs,
+    make_chunks,
+    max_result_bytes,
+    shot_block_seeds,
+    target_chunk_seconds,
+)
+from qdask.quantum.validate import ShotsTooLargeError
 from test_fault_units import FailingGate
 
 
@@ -31,8 +48,14 @@ def small_circuits(n: int, qubits: int = 3) -> list[cirq.Circuit]:
 
 
 def with_measure(*ops: cirq.Operation) -> cirq.Circuit:
+    """``ops`` measured mid-circuit and at the end.
+
+    The mid-circuit measurement makes workers simulate the cirq circuit itself
+    (not a compact form whose gates the client translated), so a gate failing
+    on workers fails there.
+    """
     qubits = sorted({q for op in ops for q in op.qubits})
-    return cirq.Circuit(*ops, cirq.measure(*qubits, key="m"))
+    return cirq.Circuit(cirq.measure(*qubits, key="pre"), *ops, cirq.measure(*qubits, key="m"))
 
 
 class KeyedFailingGate(FailingGate):
@@ -157,6 +180,11 @@ def _raised(call) -> BaseException:
     return info.value
 
 
+def _executed(dask_worker) -> int:
+    """Tasks this worker has run (it only grows)."""
+    return dask_worker.state.executed_count
+
+
 Q = cirq.LineQubit(0)
 A = sympy.Symbol("a")
 MEASURED = cirq.Circuit(cirq.X(Q), cirq.measure(Q, key="m"))
@@ -189,7 +217,7 @@ MEASURED = cirq.Circuit(cirq.X(Q), cirq.measure(Q, key="m"))
 def test_refused_on_the_client_with_the_references_type(cluster2, args, reference, match):
     client = cluster2.get_client()
     programs, params, reps = args
-    before = client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.tasks))
+    before = client.run(_executed)
     err = _raised(lambda: qdask.Sampler(client, seed=1).run_batch(programs, params, reps))
     assert re.search(match, str(err)), str(err)
     assert "Fix" in str(err)
@@ -200,8 +228,7 @@ def test_refused_on_the_client_with_the_references_type(cluster2, args, referenc
         assert isinstance(err, type(_raised(lambda: qsimcirq.QSimSimulator().run_batch(programs, params, reps))))
     if "not-a-circuit" in match or "pickled" in match or reference is None:
         assert isinstance(err, TypeError)
-    # Nothing reached a worker.
-    assert client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.tasks)) == before
+    assert client.run(_executed) == before  # no worker ran anything
 
 
 def test_nan_would_have_been_sampled_wrong_by_qsim():
@@ -210,3 +237,110 @@ def test_nan_would_have_been_sampled_wrong_by_qsim():
     assert qsimcirq.QSimSimulator().run(circuit, repetitions=50).records["m"].all()
     with pytest.raises(ValueError):
         cirq.Simulator().run(circuit, repetitions=5)
+
+
+# -- shot admission --------------------------------------------------------------------
+def _view(slots: int = 2, memory: int = 2**30) -> ClusterView:
+    return ClusterView(slots=slots, max_statevector_bytes=memory, backends=frozenset(bk.backend_names()),
+                       cost=CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10), big_threads=1)
+
+
+MID = cirq.Circuit(cirq.H(Q), cirq.measure(Q, key="a"), cirq.H(Q), cirq.measure(Q, key="m"))
+TERMINAL = cirq.Circuit(cirq.H(Q), cirq.measure(Q, key="m"))
+
+
+@pytest.mark.parametrize("circuit", [MID, TERMINAL], ids=["mid-circuit", "terminal"])
+def test_1e8_repetitions_plan_in_well_under_a_second(circuit):
+    view = _view()
+    t0 = time.perf_counter()
+    jobs = build_jobs([circuit], [None], [10**8], work="sample", simulator="qsim", view=view, seeds=SeedSource(1))
+    chunks = make_chunks(jobs, view, target_chunk_seconds(jobs, view))
+    seconds = time.perf_counter() - t0
+    print(f"\n10**8 repetitions ({'mid-circuit' if circuit is MID else 'terminal'}): planned in {seconds * 1e3:.1f} ms, "
+          f"{len(chunks)} tasks of <= {max(c.memory for c in chunks) / 2**20:.0f} MiB")
+    assert seconds < 1.0
+    assert sum(t.repetitions for c in chunks for t in c.tasks) == 10**8
+    assert 2 <= len(chunks) <= 64 * view.slots  # split by memory, at most 64 blocks a slot
+    assert all(c.memory <= view.max_statevector_bytes for c in chunks)
+
+
+def test_seed_ranges_are_the_draws_a_serial_qsim_makes():
+    source = SeedSource(3)
+    lazy = source.draw(LAZY_SEEDS + 5)
+    after = source.draw(4)  # the stream moved past the range
+    serial = np.random.RandomState(3)  # what QSimSimulator(seed=3) draws from
+    eager = serial.randint(2**31 - 1, size=LAZY_SEEDS + 5)
+    assert np.array_equal(np.asarray(lazy), eager) and np.array_equal(after, serial.randint(2**31 - 1, size=4))
+    assert np.array_equal(lazy[1000:1100].tolist(), eager[1000:1100]) and lazy[-1] == eager[-1]
+    # A draw the legacy randint rejects (31 masked bits all ones, once in 2**31)
+    # is skipped as randint skips it: a state whose 11th output is one.
+    keys = np.random.RandomState(5).randint(0, 2**32, size=624, dtype=np.uint64).astype(np.uint32)
+    keys[10] = _untemper(0xFFFFFFFF)
+    crafted = np.random.RandomState()
+    crafted.set_state(("MT19937", keys, 0))  # pos 0: the next 624 outputs are the tempered keys
+    check = np.random.RandomState(); check.set_state(crafted.get_state())
+    assert int(check._bit_generator.random_raw(11)[10]) == 0xFFFFFFFF  # the state is what we meant
+    check.set_state(crafted.get_state())
+    draws = check.randint(2**31 - 1, size=40)
+    assert 0x7FFFFFFF not in draws  # randint rejected it
+    assert np.array_equal(np.asarray(SeedRange(crafted.get_state(), 7, 30)), draws[7:37])
+    assert np.array_equal(np.asarray(SeedRange(crafted.get_state(), 12, 5)), draws[12:17])
+
+
+def _untemper(y: int) -> int:
+    """The MT19937 state word whose tempered output is ``y``."""
+    y ^= y >> 18
+    y ^= (y << 15) & 0xEFC60000
+    t = y
+    for _ in range(5):
+        t = y ^ ((t << 7) & 0x9D2C5680)
+    y = t & 0xFFFFFFFF
+    t = y
+    for _ in range(3):
+        t = y ^ (t >> 11)
+    return t & 0xFFFFFFFF
+
+
+def test_split_blocks_equal_serial_qsim_runs_of_their_seeds(cluster2):
+    # A small block budget splits 5,000 repetitions: each block equals a serial
+    # QSimSimulator run with its seed, and the blocks run on both workers.
+    circuit = cirq.Circuit(cirq.H.on_each(*cirq.LineQubit.range(3)), cirq.measure(*cirq.LineQubit.range(3), key="m"))
+    with dask.config.set({"qdask.quantum.shot-block-bytes": "64KiB"}):
+        result = qdask.Sampler(cluster2.get_client(), seed=11, simulator="qsim").run(circuit, repetitions=5000)
+    blocks = result.metadata["blocks"]
+    assert blocks > 1
+    first = int(np.random.RandomState(11).randint(2**31 - 1))  # the one draw qsimcirq makes for this circuit
+    seeds = shot_block_seeds(first, blocks)
+    edges = np.linspace(0, 5000, blocks + 1).astype(int)
+    serial = np.concatenate([
+        qsimcirq.QSimSimulator(seed=int(s)).run(circuit, repetitions=int(b - a)).records["m"]
+        for s, a, b in zip(seeds, edges[:-1], edges[1:])
+    ])
+    assert np.array_equal(result.records["m"], serial)
+
+
+def test_1e7_repetitions_on_2gib_workers_and_1e10_refused_at_once(cluster2):
+    client = cluster2.get_client()
+    pids = client.run(os.getpid)
+    sampler = qdask.Sampler(client, seed=4, simulator="qsim")
+    executed = client.run(_executed)
+    t0 = time.perf_counter()
+    result = sampler.run(TERMINAL, repetitions=10**7)
+    seconds = time.perf_counter() - t0
+    ones = result.records["m"].reshape(-1)
+    assert ones.shape == (10**7,) and abs(ones.mean() - 0.5) < 5 * 0.5 / np.sqrt(10**7)
+    assert result.metadata["blocks"] > 1 and len(result.metadata["workers"]) == 2  # split, in parallel
+    # The default limit is a quarter of this machine's memory: pinned where that would hold 10**10 bits.
+    limit = "auto" if max_result_bytes() < 4 * 10**10 else "16GiB"
+    t0 = time.perf_counter()
+    with dask.config.set({"qdask.quantum.max-result-bytes": limit}), pytest.raises(ShotsTooLargeError) as info:
+        sampler.run(TERMINAL, repetitions=10**10)
+    refused = time.perf_counter() - t0
+    message = str(info.value)
+    assert "10,000,000,000 repetitions x 1 measured bit(s) need about 37.25 GiB on the client" in message
+    assert "Fix: sample in calls of at most" in message and isinstance(info.value, ValueError)
+    assert refused < 1.0
+    assert client.run(os.getpid) == pids  # 0 worker restarts
+    assert sum(client.run(_executed).values()) - sum(executed.values()) == result.metadata["blocks"]  # none refused
+    print(f"\n10**7 repetitions: {seconds:.1f} s in {result.metadata['blocks']} blocks on "
+          f"{len(result.metadata['workers'])} workers; 10**10 refused in {refused * 1e3:.1f} ms; worker restarts: 0")

@@ -147,11 +147,15 @@ def content_keys(jobs: Iterable[Job]) -> dict[int, str]:
                 "circuit": _circuit_material(circuit),
                 "params": {str(k): _param(v) for k, v in params.items()},
                 "repetitions": job.repetitions,
-                "seeds": [int(s) for s in job.seeds] if seeds_matter(job) else None,
+                "seeds": [int(s) for s in job.seeds] if seeds_matter(job) and not hasattr(job.seeds, "key") else None,
                 "backend": job.backend,
                 "version": versions[job.backend],
                 "extra": extras[id(job.extra)],
             }
+            if hasattr(job.seeds, "key"):  # a SeedRange: its stream state, not 10**8 numbers
+                doc["seeds"] = job.seeds.key() if seeds_matter(job) else None
+            if job.blocks > 1:  # split by shot admission: each block samples with its own seed
+                doc["blocks"] = job.blocks
         except Exception as e:  # no JSON form, backend library missing on the client, ...
             logger.info("circuit %d is not checkpointed: %s: %s", job.index, type(e).__name__, e)
             continue

@@ -14,7 +14,7 @@ from typing import Any
 import cirq
 import numpy as np
 import sympy
-from dask.utils import format_bytes
+from dask.utils import format_bytes, parse_bytes
 
 from qdask import config
 from qdask.quantum import backends as bk
@@ -29,6 +29,7 @@ from qdask.quantum.validate import (
     CircuitTooWideError,
     NoMeasurementsError,
     NoQuantumWorkersError,
+    ShotsTooLargeError,
     UnresolvedParametersError,
     UnsupportedGateError,
     check_finite,
@@ -97,6 +98,7 @@ class Job:
     est_seconds: float
     memory: int
     extra: dict[str, Any] = field(default_factory=dict)
+    blocks: int = 1  # tasks its repetitions need at least, for memory (admit_shots)
     #: The circuit's compact form where the worker samples it from that (qsim_fast), else None.
     compact: CompactCircuit | None = None
 
@@ -159,6 +161,85 @@ class Chunk:
         return f"c{max(0, int(math.log2(max(self.est_seconds, 1e-4) / 1e-4)))}"
 
 
+#: Seed draws of one job above which they travel as a :class:`SeedRange`, drawn where they are used.
+LAZY_SEEDS = 2**16
+_SEED_HIGH = 2**31 - 1  # qsimcirq draws randint(2**31 - 1)
+_MASK = 0x7FFFFFFF
+
+
+def skip_draws(state: np.random.RandomState, n: int) -> None:
+    """Advance ``state`` past ``n`` draws of ``randint(2**31 - 1)``, without making them.
+
+    The legacy ``randint`` takes one 32-bit output of MT19937 per draw,
+    masked to 31 bits, and rejects the one value above its range
+    (``2**31 - 1``, once in 2**31 outputs): reading the raw outputs and
+    counting those rejections lands exactly where ``n`` draws would, ~4x
+    faster and without holding them.
+    """
+    bits = state._bit_generator  # the MT19937 the RandomState draws from
+    while n > 0:
+        raw = bits.random_raw(min(n, 1 << 22))
+        n -= raw.size - int(np.count_nonzero((raw & _MASK) == _MASK))
+
+
+class SeedRange:
+    """Draws ``offset`` to ``offset + count`` of a seed stream, made only where they are used.
+
+    A job of 10**8 repetitions measured mid-circuit needs 10**8 seeds (one per
+    simulation, as qsimcirq draws them): 800 MB and 2.7 s to draw on the
+    client. A ``SeedRange`` holds the stream's state (2.5 KB) instead; each
+    block of repetitions (``range[a:b]``) makes its own seeds on the worker,
+    the same numbers a serial ``QSimSimulator(seed=...)`` draws.
+    """
+
+    __slots__ = ("state", "offset", "count")
+
+    def __init__(self, state: tuple[Any, ...], offset: int, count: int) -> None:
+        self.state, self.offset, self.count = state, offset, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, slice):
+            a, b, step = item.indices(self.count)
+            if step != 1:
+                raise ValueError("a SeedRange slices with step 1 only")
+            return SeedRange(self.state, self.offset + a, max(0, b - a))
+        i = int(item) + (self.count if int(item) < 0 else 0)
+        if not 0 <= i < self.count:
+            raise IndexError(f"seed {item} of {self.count}")
+        return SeedRange(self.state, self.offset + i, 1).materialize()[0]
+
+    def materialize(self) -> np.ndarray:
+        """The seeds as an int64 array."""
+        state = np.random.RandomState()
+        state.set_state(self.state)
+        skip_draws(state, self.offset)
+        return state.randint(_SEED_HIGH, size=self.count).astype(np.int64)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        seeds = self.materialize()
+        return seeds if dtype is None else seeds.astype(dtype)
+
+    def __iter__(self) -> Any:
+        return iter(self.materialize())
+
+    def tolist(self) -> list[int]:
+        return self.materialize().tolist()
+
+    def key(self) -> str:
+        """What determines the seeds, for checkpoint keys (without making them)."""
+        import hashlib
+
+        h = hashlib.sha256(np.asarray(self.state[1], dtype=np.uint32).tobytes())
+        h.update(repr((self.state[2], self.offset, self.count)).encode())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"SeedRange(offset={self.offset}, count={self.count})"
+
+
 class SeedSource:
     """The seed stream a serial ``QSimSimulator(seed=seed)`` would consume.
 
@@ -167,13 +248,50 @@ class SeedSource:
     """
 
     def __init__(self, seed: int | np.random.RandomState | None) -> None:
+        # A caller's RandomState is advanced at once (they may read it); our own lazily.
+        self._lazy = not isinstance(seed, np.random.RandomState)
         if isinstance(seed, np.random.RandomState):
             self._state = seed
         else:
             self._state = np.random.RandomState(seed)
+        self._skip = 0  # draws a SeedRange took, not yet skipped
 
-    def draw(self, n: int) -> np.ndarray:
-        return self._state.randint(2**31 - 1, size=n).astype(np.int64)
+    def _settle(self) -> None:
+        if self._skip:
+            skip_draws(self._state, self._skip)
+            self._skip = 0
+
+    def draw(self, n: int) -> np.ndarray | SeedRange:
+        """The next ``n`` draws; a :class:`SeedRange` above :data:`LAZY_SEEDS`.
+
+        The stream is advanced past a range when it is next drawn from, so
+        planning 10**8 repetitions does not wait for 10**8 draws.
+        """
+        self._settle()
+        if n <= LAZY_SEEDS:
+            return self._state.randint(_SEED_HIGH, size=n).astype(np.int64)
+        seeds = SeedRange(self._state.get_state(), 0, n)
+        self._skip = n
+        if not self._lazy:
+            self._settle()
+        return seeds
+
+
+def shot_block_seeds(seed: int, blocks: int) -> np.ndarray:
+    """Simulator seeds ``s_k`` of the blocks of a circuit split by memory (shot admission).
+
+    A circuit whose one simulation serves every repetition gets one draw
+    ``seed`` from the stream, as in qsimcirq; split into blocks, block ``k``
+    samples as a serial ``QSimSimulator(seed=s_k).run(circuit, n_k)`` with
+    ``s_k = RandomState(seed).randint(2**31 - 1, size=blocks)[k]``, and the
+    result is those runs concatenated: the same on any cluster and chunking.
+    """
+    return np.random.RandomState(seed).randint(_SEED_HIGH, size=blocks).astype(np.int64)
+
+
+def _qsim_seed(simulator_seed: int) -> int:
+    # What QSimSimulator(seed=simulator_seed) hands qsim: its random state's first draw.
+    return int(np.random.RandomState(simulator_seed).randint(_SEED_HIGH))
 
 
 @qsim_fast.stage("plan")
@@ -201,6 +319,7 @@ def build_jobs(
         bk.get_backend(simulator)  # unknown name: lists the installed ones
     policy = policy if policy is not None else OptimizationPolicy.for_level("basic")
     jobs: list[Job] = []
+    measured: dict[int, int] = {}  # { program: bits one repetition records }, for shot admission
     qsim_fast.begin_batch()
     for p, (program, sweep, reps) in enumerate(zip(programs, sweeps, repetitions)):
         check_program(p, program)
@@ -251,6 +370,12 @@ def build_jobs(
                     "or compute amplitudes with Schrödinger-Feynman splitting (simulator='qsimh', "
                     "or optimization_level='aggressive' to fall back to it)",
                 )
+            blocks = 1
+            if work == "sample" and reps >= ADMIT_FROM:
+                if p not in measured:
+                    measured[p] = _measured_bits(program)
+                # Before any seed is drawn: a refused 10**10 repetitions costs nothing.
+                blocks, memory = admit_shots(index, info, measured[p], memory, reps, view)
             draws = bk.seed_draws(backend, info, work, reps)
             # One simulation serves every repetition: the compact form carries it (qsim_fast).
             fast = work == "sample" and backend_name == bk.QSimBackend.name and draws == 1 < reps
@@ -270,9 +395,76 @@ def build_jobs(
                     memory=memory,
                     extra=(extra[p] if extra else {}),
                     compact=compact,
+                    blocks=blocks,
                 )
             )
     return jobs
+
+
+#: Repetitions below which a sampling job is admitted without estimating its result (a few MB at most).
+ADMIT_FROM = 4096
+
+
+def _measured_bits(circuit: cirq.AbstractCircuit) -> int:
+    """Bits a repetition records: the qubits of every measurement (repeated ones counted again)."""
+    return sum(len(op.qubits) for op in circuit.all_operations() if isinstance(op.gate, cirq.MeasurementGate))
+
+
+def max_result_bytes() -> int:
+    """``qdask.quantum.max-result-bytes`` in bytes.
+
+    "auto": a quarter of this machine's memory. Assembling takes up to the
+    4 bytes a bit :func:`admit_shots` counts, and the caller still has to use
+    the result (a histogram, ``Result.data`` as a DataFrame copies it again).
+    """
+    value = config.get("quantum.max-result-bytes")
+    if value == "auto":
+        import psutil
+
+        return int(psutil.virtual_memory().total // 4)
+    return int(parse_bytes(value))
+
+
+def admit_shots(index: int, info: CircuitInfo, bits: int, memory: int, reps: int, view: ClusterView) -> tuple[int, int]:
+    """Shot admission: (blocks, task memory) for sampling ``reps`` repetitions, or a refusal.
+
+    Estimates, per repetition, the worker's working memory (qsim's sample and
+    its conversion to records: ~16 bytes a qubit measured once at the end,
+    ~32 bytes a bit for circuits simulated per repetition, measured on qsim
+    0.22) and the client's (4 bytes a measured bit: the bit-packed transfer,
+    its unpacking and the ``cirq.Result``'s int8 records). A result larger
+    than ``qdask.quantum.max-result-bytes`` is refused, naming the size and
+    the fix; otherwise the repetitions are split into ``blocks`` tasks of at
+    most ``qdask.quantum.shot-block-bytes`` each (less where a worker holds
+    less beside the state), which run in parallel. Constant time: nothing
+    per repetition.
+    """
+    bits = max(bits, 1)
+    client = 4 * bits * reps
+    limit = max_result_bytes()
+    if client > limit:
+        most = max(1, limit // (4 * bits))
+        raise ShotsTooLargeError(
+            index,
+            f"{reps:,} repetitions x {bits} measured bit(s) need about {format_bytes(client)} on the client to "
+            f"assemble (cirq.Result records hold one int8 a bit), more than qdask.quantum.max-result-bytes "
+            f"({format_bytes(limit)})",
+            f"{most:,} repetitions of this circuit per call",
+            f"sample in calls of at most {most:,} repetitions and aggregate them (e.g. their histograms), "
+            "or raise qdask.quantum.max-result-bytes on a client with the memory",
+        )
+    per_rep = 32 + (32 * bits if info.per_repetition else 16 * max(info.num_qubits, bits))
+    budget = min(parse_bytes(config.get("quantum.shot-block-bytes")), view.max_statevector_bytes - memory)
+    if budget < per_rep:
+        raise ShotsTooLargeError(
+            index,
+            f"the state takes {format_bytes(memory)} of the {format_bytes(view.max_statevector_bytes)} a worker "
+            f"holds, leaving no room for the samples ({per_rep} bytes a repetition)",
+            "workers with room for the state and its samples",
+            "add workers with more memory (ClusterConfig(memory_per_node=...))",
+        )
+    blocks = max(1, -(-reps // (budget // per_rep)))
+    return blocks, memory + per_rep * -(-reps // blocks)
 
 
 def _resolvers(sweep: cirq.Sweepable) -> list[cirq.ParamResolver]:
@@ -402,7 +594,7 @@ def make_chunks(
     # Longest first, so each chunk packs jobs of like size and the batch ends
     # with the shortest ones (a caller's order may put a big job last).
     for job in sorted(jobs, key=lambda j: -j.est_seconds):
-        if job.est_seconds >= target or not policy.batching or _spread_shots(job, policy):
+        if job.est_seconds >= target or not policy.batching or _spread_shots(job, policy) or job.blocks > 1:
             for task, est in _split(job, view, target, policy):
                 chunks.append(Chunk([task], est, job.memory, job.info.num_qubits, _route(job.work, policy)))
             left -= job.est_seconds
@@ -433,15 +625,40 @@ def _spread_shots(job: Job, policy: OptimizationPolicy) -> bool:
 
 def _split(job: Job, view: ClusterView, target: float, policy: OptimizationPolicy) -> list[tuple[Task, float]]:
     threads = view.big_threads if job.info.num_qubits >= 16 else 1
+    if job.work == "sample" and job.blocks > 1 and len(job.seeds) == 1:
+        return _shot_blocks(job, threads, policy)
     if job.work != "sample" or not job.info.per_repetition or job.repetitions <= 1 or len(job.seeds) != job.repetitions:
         return [(_task(job, job.seeds, 0, job.repetitions, threads, policy), job.est_seconds)]
-    least = view.slots if _spread_shots(job, policy) else 1
-    blocks = min(job.repetitions, max(least, math.ceil(job.est_seconds / target)))
+    least = max(view.slots if _spread_shots(job, policy) else 1, job.blocks)
+    # Enough blocks per slot to even out the load; more would only add Dask
+    # overhead (10**8 repetitions made 35,215 tasks).
+    most = max(least, MAX_BLOCKS_PER_SLOT * max(view.slots, 1))
+    blocks = min(job.repetitions, max(least, min(most, math.ceil(job.est_seconds / target))))
     edges = np.linspace(0, job.repetitions, blocks + 1).astype(int)
     per_rep = job.est_seconds / job.repetitions
     return [
         (_task(job, job.seeds[a:b], int(a), int(b - a), threads, policy), per_rep * (b - a))
         for a, b in zip(edges[:-1], edges[1:])
+        if b > a
+    ]
+
+
+#: Blocks of repetitions of one circuit per quantum slot, at most (shot admission may ask for more).
+MAX_BLOCKS_PER_SLOT = 64
+
+
+def _shot_blocks(job: Job, threads: int, policy: OptimizationPolicy) -> list[tuple[Task, float]]:
+    """A circuit whose one simulation serves every repetition, split into ``job.blocks`` by memory.
+
+    Each block simulates the state again and samples its share with its own
+    seed (:func:`shot_block_seeds`); the blocks run in parallel.
+    """
+    edges = np.linspace(0, job.repetitions, job.blocks + 1).astype(np.int64)
+    seeds = shot_block_seeds(int(job.seeds[0]), job.blocks)
+    per_rep = job.est_seconds / job.repetitions
+    return [
+        (_task(job, np.array([_qsim_seed(seeds[k])]), int(a), int(b - a), threads, policy), per_rep * (b - a))
+        for k, (a, b) in enumerate(zip(edges[:-1], edges[1:]))
         if b > a
     ]
 

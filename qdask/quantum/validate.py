@@ -75,6 +75,10 @@ class NonFiniteParameterError(CircuitError, ZeroDivisionError):
     """
 
 
+class ShotsTooLargeError(CircuitError):
+    """The repetitions asked for give a result larger than the client may assemble."""
+
+
 class UnpicklableCircuitError(CircuitError, TypeError):
     """A circuit (a gate of it) cannot be sent to a worker: a ``TypeError``, as pickle raises."""
 
