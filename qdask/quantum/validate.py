@@ -111,7 +111,7 @@ def check_repetitions(index: int, repetitions: Any) -> int:
     if repetitions < 0:
         raise InvalidRepetitionsError(
             index,
-            f"Number of repetitions cannot be negative. Was {repetitions}",
+            f"repetitions={repetitions!r}: Number of repetitions cannot be negative. Was {repetitions}",
             "an int >= 0",
             "pass repetitions=1000 (an int)",
         )
