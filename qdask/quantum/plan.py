@@ -370,6 +370,10 @@ def build_jobs(
                     "or compute amplitudes with Schrödinger-Feynman splitting (simulator='qsimh', "
                     "or optimization_level='aggressive' to fall back to it)",
                 )
+            if work == "expectation" and backend_name == bk.QSimTrajectoriesBackend.name and extra:
+                # A noisy expectation value averages qsim's ev_noisy_repetitions
+                # trajectories; _split spreads them like shots.
+                reps = max(1, int((extra[p].get("qsim_options") or {}).get("r", 1)))
             blocks = 1
             if work == "sample" and reps >= ADMIT_FROM:
                 if p not in measured:
@@ -514,7 +518,7 @@ def _backend_for(
         )
     why = bk.get_backend(simulator).unsupported(info, work)
     if why is not None:
-        raise BackendMismatchError(
+        raise bk.mismatch_type(simulator, info)(
             index, f"simulator {simulator!r} cannot {work} it: {why}", "what the backend supports", "pass simulator='auto'"
         )
     return simulator
@@ -625,9 +629,14 @@ def _spread_shots(job: Job, policy: OptimizationPolicy) -> bool:
 
 def _split(job: Job, view: ClusterView, target: float, policy: OptimizationPolicy) -> list[tuple[Task, float]]:
     threads = view.big_threads if job.info.num_qubits >= 16 else 1
+    # A noisy expectation value's trajectories: every block keeps the call's one
+    # seed, as qsim seeds trajectory i with seed + i (RunOptions.first_trajectory).
+    trajectories = job.work == "expectation" and job.repetitions > 1
     if job.work == "sample" and job.blocks > 1 and len(job.seeds) == 1:
         return _shot_blocks(job, threads, policy)
-    if job.work != "sample" or not job.info.per_repetition or job.repetitions <= 1 or len(job.seeds) != job.repetitions:
+    if not trajectories and (
+        job.work != "sample" or not job.info.per_repetition or job.repetitions <= 1 or len(job.seeds) != job.repetitions
+    ):
         return [(_task(job, job.seeds, 0, job.repetitions, threads, policy), job.est_seconds)]
     least = max(view.slots if _spread_shots(job, policy) else 1, job.blocks)
     # Enough blocks per slot to even out the load; more would only add Dask
@@ -637,7 +646,7 @@ def _split(job: Job, view: ClusterView, target: float, policy: OptimizationPolic
     edges = np.linspace(0, job.repetitions, blocks + 1).astype(int)
     per_rep = job.est_seconds / job.repetitions
     return [
-        (_task(job, job.seeds[a:b], int(a), int(b - a), threads, policy), per_rep * (b - a))
+        (_task(job, job.seeds if trajectories else job.seeds[a:b], int(a), int(b - a), threads, policy), per_rep * (b - a))
         for a, b in zip(edges[:-1], edges[1:])
         if b > a
     ]
