@@ -393,6 +393,18 @@ def test_planner_sends_the_compact_form_only_where_one_simulation_serves_every_r
     assert ClusterView.from_rows([{"worker": "w", "resources": {"quantum": 1}, "error_rate": 0.01}]).noisy_devices
 
 
+def test_analysis_and_compact_form_are_reused_until_the_circuit_changes():
+    from qdask.quantum import qsim_fast
+
+    circuit = _random(4, depth=6, seed=2)
+    info, compact = analyze(circuit), qsim_fast.encode(circuit)
+    assert analyze(circuit) is info and qsim_fast.encode(circuit) is compact
+    assert analyze(circuit.copy()) == info  # an equal circuit is analysed on its own
+    circuit.insert(0, cirq.X(cirq.LineQubit(0)))  # changed in place: its moments are other objects
+    assert analyze(circuit).num_ops == info.num_ops + 1
+    assert qsim_fast.encode(circuit) is not compact and len(qsim_fast.encode(circuit).ops) > len(compact.ops)
+
+
 def test_qsimcirq_private_names_the_compact_form_uses_still_exist():
     """Canary: an upgrade of qsimcirq that drops or changes a private name fails here, naming it."""
     from qsimcirq import qsim_circuit

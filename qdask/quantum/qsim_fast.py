@@ -29,6 +29,8 @@ qsimcirq's translation decisions are private functions of
 from __future__ import annotations
 
 import contextlib
+import functools
+import pickle
 import threading
 import time
 from collections import Counter
@@ -38,7 +40,10 @@ from typing import Any
 
 import cirq
 import numpy as np
+import sympy
 from qsimcirq import qsim_circuit as qc
+
+from qdask.quantum.analysis import CircuitMemo
 
 #: The private qsimcirq names this module relies on (``qsimcirq.qsim_circuit``
 #: attributes, and the gate attribute qsimcirq reads for diagonal gates).
@@ -103,20 +108,26 @@ def _entry(gate: cirq.Gate) -> Entry | None:
     kind = qc._cirq_gate_kind(gate)
     if kind is None:
         return None
-    qsim = qc.qsim
-    if kind in (qsim.kTwoQubitDiagonalGate, qsim.kThreeQubitDiagonalGate):
+    name = _kind_names()[int(kind)]  # pybind's own GateKind.name and == take ~40 and ~2 us
+    if name in ("kTwoQubitDiagonalGate", "kThreeQubitDiagonalGate"):
         return (arity, "diag", list(getattr(target, _DIAGONAL_ANGLES)), controls)
-    if kind == qsim.kMatrixGate:
+    if name == "kMatrixGate":
         return (arity, "matrix", [v for x in cirq.unitary(target).flat for v in (x.real, x.imag)], controls)
     params = {}
-    for name, value in vars(target).items():
-        key = name.strip("_")
+    for attribute, value in vars(target).items():
+        key = attribute.strip("_")
         if key not in qc.GATE_PARAMS:
             continue
         if not isinstance(value, (int, float, np.integer, np.floating)):
             return None  # qsimcirq raises "Parameters must be numeric."
         params[key] = float(value)
-    return (arity, "gate", (kind.name, params), controls)
+    return (arity, "gate", (name, params), controls)
+
+
+@functools.cache
+def _kind_names() -> dict[int, str]:
+    """{int(GateKind): its name} of the qsim module (kinds travel by name: the module differs by CPU)."""
+    return {int(v): n for n, v in type(qc.qsim.kX).__members__.items()}
 
 
 class _Registry:
@@ -136,7 +147,7 @@ class _Registry:
         self.entries: list[Entry] = []
         self.by_id: dict[int, tuple[cirq.Gate, int]] = {}  # holds the gate: its id stays its own
         self.by_value: dict[tuple[Any, ...], int] = {}
-        self.circuits: dict[int, tuple[cirq.AbstractCircuit, tuple[cirq.Moment, ...], CompactCircuit | None]] = {}
+        self.circuits = CircuitMemo(self.MAX_CIRCUITS)  # their compact forms (False: none)
 
     def index(self, gate: cirq.Gate) -> int:
         """The entry index of ``gate`` (-1: not translatable)."""
@@ -197,8 +208,9 @@ class CompactCircuit:
     num_qubits : int
         Qubits of the circuit (measured-only ones included).
     ops : numpy.ndarray
-        int32, per gate in qsimcirq's order: table index, time, then its
-        qubits in qsim's numbering (reversed default order).
+        Per gate in qsimcirq's order: table index, time, then its qubits in
+        qsim's numbering (reversed default order); the smallest int dtype
+        that holds them.
     measurements : tuple
         ``(key, columns, invert)`` per key: int arrays (instances, width) of
         the measured qubits' positions in the default order, and invert masks.
@@ -231,8 +243,8 @@ def _native(op: cirq.Operation) -> bool:
 def encode(circuit: cirq.AbstractCircuit, *, cache: bool = True) -> CompactCircuit | None:
     """The compact form of a noiseless circuit; None where it has none (measurements not all terminal).
 
-    ``cache``: a circuit whose moments are still the same objects (moments
-    are immutable) is not encoded again. None where qsimcirq would refuse the
+    ``cache``: a circuit whose moments are still the same objects is not
+    encoded again (``analysis.CircuitMemo``). None where qsimcirq would refuse the
     circuit (confusion maps, a key measured with different widths,
     untranslatable gates): its own path then raises what it raises.
     """
@@ -242,15 +254,12 @@ def encode(circuit: cirq.AbstractCircuit, *, cache: bool = True) -> CompactCircu
 
 def _encode_cached(circuit: cirq.AbstractCircuit, cache: bool) -> CompactCircuit | None:
     reg = _REGISTRY
-    moments = tuple(circuit.moments)
-    hit = reg.circuits.get(id(circuit)) if cache else None
-    if hit is not None and len(hit[1]) == len(moments) and all(a is b for a, b in zip(hit[1], moments)):
-        return hit[2]
-    compact = _encode(reg, circuit, moments)
+    hit = reg.circuits.get(circuit) if cache else None
+    if hit is not None:
+        return hit or None
+    compact = _encode(reg, circuit, tuple(circuit.moments))
     if cache:
-        if len(reg.circuits) >= reg.MAX_CIRCUITS:
-            reg.circuits.clear()
-        reg.circuits[id(circuit)] = (circuit, moments, compact)
+        reg.circuits.put(circuit, compact if compact is not None else False)
     return compact
 
 
@@ -301,6 +310,8 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
                     ops.extend(qsim_index[q] for q in qubits)
         offset += length
     flat = np.asarray(ops, dtype=np.int32)
+    if flat.size and flat.max() < 2**15:  # the bytes sent per circuit halve
+        flat = flat.astype(np.int8 if flat.max() < 2**7 else np.int16)
     gates = np.unique(_gate_column(flat, reg.entries)) if len(flat) else np.zeros(0, np.int32)
     return CompactCircuit(
         num_qubits=n,
@@ -325,11 +336,25 @@ def _gate_column(flat: np.ndarray, entries: list[Entry]) -> list[int]:
 
 
 class GateTable:
-    """The gate entries one batch's compact circuits refer to (sent once per batch, loaded once per worker)."""
+    """The gate entries one batch's compact circuits refer to.
 
-    def __init__(self, entries: dict[int, Entry]) -> None:
+    Pickled as one blob of its entries, made once per batch: each chunk
+    embeds those bytes (the standard C pickler, no Python hook per object),
+    and a worker loads each distinct blob once (:func:`_load_table`). On the
+    worker it keeps the qsim circuits built from it (:func:`build`), so a
+    circuit sent again (the same batch resubmitted) is not built again.
+    """
+
+    #: Ints in the ops of the built circuits a table keeps (about 4 a gate, a few hundred bytes each in qsim).
+    BUILT_MAX_INTS = 400_000
+
+    def __init__(self, entries: dict[int, Entry], blob: bytes | None = None) -> None:
         self.entries = entries
+        self._blob = blob
         self._adders: dict[int, tuple[int, Callable[[int, list[int], Any], None] | None]] | None = None
+        self.built: dict[tuple[int, bytes], Any] = {}  # { (qubits, ops bytes): qsim.Circuit }
+        self.built_ints = 0
+        self.lock = threading.Lock()
 
     @classmethod
     def for_circuits(cls, circuits: list[CompactCircuit]) -> GateTable:
@@ -346,8 +371,14 @@ class GateTable:
         used = np.unique(np.concatenate([c.gates for c in circuits])) if circuits else np.zeros(0, np.int32)
         return cls({int(i): reg.entries[int(i)] for i in used})
 
+    @property
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = pickle.dumps(self.entries, protocol=pickle.HIGHEST_PROTOCOL)
+        return self._blob
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return GateTable, (self.entries,)
+        return _load_table, (self.blob,)
 
     def adders(self) -> dict[int, tuple[int, Callable[[int, list[int], Any], None] | None]]:
         """{index: (qubits, add(time, qubits, circuit))}; add None for parameterised entries."""
@@ -356,11 +387,27 @@ class GateTable:
         return self._adders
 
 
+#: { blob: table } a worker loaded lately (a batch's chunks, and batches sent again, share them).
+_TABLES: dict[bytes, GateTable] = {}
+_TABLES_MAX = 8
+_TABLES_LOCK = threading.Lock()
+
+
+def _load_table(blob: bytes) -> GateTable:
+    with _TABLES_LOCK:
+        table = _TABLES.get(blob)
+        if table is None:
+            if len(_TABLES) >= _TABLES_MAX:
+                del _TABLES[next(iter(_TABLES))]
+            table = _TABLES[blob] = GateTable(pickle.loads(blob), blob)
+        return table
+
+
 def attach_gates(tasks: list[Any]) -> None:
     """Give the compact circuits among ``tasks`` (``plan.Task``) the batch's one :class:`GateTable`.
 
-    One object for the batch: ``execute.Shared`` pickles it once, and each
-    worker loads it (and makes its adders) once.
+    One object for the batch: its blob is made once, and each worker loads
+    it (and makes its adders) once.
     """
     compact = [t for t in tasks if isinstance(t.circuit, CompactCircuit)]
     if compact:
@@ -394,8 +441,32 @@ def _adder(entry: Entry) -> Callable[[int, list[int], Any], None]:
     return add_controlled
 
 
+class _PointResolver(cirq.ParamResolver):
+    """A sweep point's resolver that evaluates each constant subexpression once per process.
+
+    cirq evaluates a formula's constant parts with sympy's ``subs`` on every
+    call (the ``1/pi`` of ``rx(2*b)``'s exponent: ~0.4 ms a gate, more than
+    qsim's whole simulation of a 12-qubit point); their value never changes,
+    so caching it leaves cirq's resolution, and the samples, exactly as they were.
+    """
+
+    _CONSTANTS: dict[sympy.Basic, Any] = {}
+
+    def value_of(self, value: Any, recursive: bool = True) -> Any:
+        if isinstance(value, sympy.Basic) and not isinstance(value, sympy.Symbol):
+            hit = self._CONSTANTS.get(value)
+            if hit is not None:
+                return hit
+            if not value.free_symbols:
+                if len(self._CONSTANTS) >= 4096:
+                    self._CONSTANTS.clear()
+                hit = self._CONSTANTS[value] = super().value_of(value, recursive)
+                return hit
+        return super().value_of(value, recursive)
+
+
 def _bind(entry: Entry, resolver: cirq.ParamResolver) -> Callable[[int, list[int], Any], None]:
-    """The adder of a parameterised entry at one sweep point."""
+    """The adder of a parameterised entry at one sweep point (``resolver``: a :class:`_PointResolver`)."""
     resolved = _entry(cirq.resolve_parameters(entry[2], resolver))
     if resolved is None or resolved[1] == "sym":
         raise ValueError(f"gate {entry[2]!r} at {resolver.param_dict} is not a numeric qsim gate")
@@ -403,12 +474,31 @@ def _bind(entry: Entry, resolver: cirq.ParamResolver) -> Callable[[int, list[int
 
 
 def build(compact: CompactCircuit, table: GateTable, resolver: cirq.ParamResolver | None = None) -> Any:
-    """The ``qsim.Circuit`` qsimcirq translates the circuit into (``resolver`` binds its parameters)."""
-    adders = table.adders()
+    """The ``qsim.Circuit`` qsimcirq translates the circuit into (``resolver`` binds its parameters).
+
+    Built once per distinct circuit of ``table`` (qsim only reads it); a
+    parameterised one once per point, its unresolved gates bound here.
+    """
     if compact.parameterized:
-        resolver = resolver if resolver is not None else cirq.ParamResolver()
-        adders = {**adders, **{int(i): (table.entries[int(i)][0], _bind(table.entries[int(i)], resolver))
-                               for i in compact.gates if adders[int(i)][1] is None}}
+        resolver = _PointResolver(resolver.param_dict if resolver is not None else {})
+        adders = table.adders()
+        bound = {i: (table.entries[i][0], _bind(table.entries[i], resolver))
+                 for i in compact.gates.tolist() if adders[i][1] is None}
+        return _build(compact, {**adders, **bound})
+    key = (compact.num_qubits, compact.ops.tobytes())
+    circuit = table.built.get(key)
+    if circuit is None:
+        circuit = _build(compact, table.adders())
+        with table.lock:
+            if table.built_ints >= table.BUILT_MAX_INTS:
+                table.built.clear()
+                table.built_ints = 0
+            table.built[key] = circuit
+            table.built_ints += len(compact.ops)
+    return circuit
+
+
+def _build(compact: CompactCircuit, adders: dict[int, tuple[int, Callable[[int, list[int], Any], None] | None]]) -> Any:
     circuit = qc.qsim.Circuit()
     circuit.num_qubits = compact.num_qubits
     values = compact.ops.tolist()

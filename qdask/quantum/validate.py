@@ -14,6 +14,8 @@ from typing import Any
 import cirq
 import numpy as np
 
+from qdask.quantum.analysis import CircuitMemo
+
 
 class CircuitError(ValueError):
     """A circuit (or its request) cannot run as asked.
@@ -180,6 +182,10 @@ def _nonfinite_value(value: Any) -> bool:
         return False
 
 
+#: Circuits whose gates were all found finite (checked again only once changed).
+_FINITE = CircuitMemo()
+
+
 def check_finite(index: int, circuit: cirq.AbstractCircuit, resolver: cirq.ParamResolver, *, gates: bool = True) -> None:
     """:class:`NonFiniteParameterError` for a NaN/inf resolver value or gate parameter of ``circuit``.
 
@@ -194,7 +200,7 @@ def check_finite(index: int, circuit: cirq.AbstractCircuit, resolver: cirq.Param
                 "finite parameter values",
                 "pass finite values (check the sweep or the optimizer that produced them)",
             )
-    if not gates:
+    if not gates or _FINITE.get(circuit):
         return
     for op in circuit.all_operations():
         gate, field = op.gate, None
@@ -209,6 +215,7 @@ def check_finite(index: int, circuit: cirq.AbstractCircuit, resolver: cirq.Param
                 "finite gate parameters and matrix entries",
                 "build the gate from finite numbers",
             )
+    _FINITE.put(circuit, True)
 
 
 def find_unpicklable(indices_circuits: Any, error: BaseException) -> UnpicklableCircuitError:
