@@ -40,7 +40,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FIGURES = {"qdask-utilization", "qdask-priority", "qdask-capacity-slots", "qdask-capacity-sv",
-           "qdask-capacity-gpus", "qdask-failures", "qdask-scaling"}
+           "qdask-capacity-gpus", "qdask-failures", "qdask-scaling", "qdask-rate", "qdask-backends",
+           "qdask-durations", "qdask-widths"}
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
@@ -109,6 +110,12 @@ async def open_page(port: int, url: str) -> Page:
     await page.send("Page.navigate", url=url)
     await page.wait_js("!!(window.Bokeh && Bokeh.documents.length && Bokeh.documents[0].roots().length)")
     return page
+
+
+def div_text(name: str) -> str:
+    """JS for the text a named Div shows in the page (its rendered DOM)."""
+    return (f"[...Bokeh.index.all_views()].filter(v => v.model.name == '{name}')"
+            ".map(v => (v.shadow_el || v.el).textContent).join()")
 
 
 def source(name: str, column: str) -> str:
@@ -220,16 +227,29 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         assert not_blank(idle)
         points = await page.js(f"{source('qdask-utilization-source', 'time')}.length")
 
+        # No GPU on this machine: the GPU panel says so in words.
+        gpus = sum(r["gpus"] for r in hybrid.resources())
+        no_gpus = await page.js("Bokeh.documents[0].get_model_by_name('qdask-no-gpus').text")
+        assert no_gpus == ("" if gpus else dashboard.NO_GPUS)
+
         t0 = time.time()
         futures = []
-        for priority in (7, 3):
+        for priority in (10, 7):  # a class ("high") and a number
             with dask.annotate(qdask={**annotation, "priority": priority}):
                 futures += [client.submit(time.sleep, 0.6, resources={QUANTUM: 1, STATEVECTOR_BYTES: 2**20},
                                           priority=priority, pure=False) for _ in range(5)]
         # While the batch runs: the slot is in use, circuits wait by priority, utilization rises.
         await page.wait_js(f"{source('qdask-capacity-source', 'slots_busy')}.some(v => v > 0)")
-        await page.wait_js(f"(p => p.includes(7) && p.includes(3))({source('qdask-priority-source', 'priority')})")
+        await page.wait_js(f"(p => p.includes(10) && p.includes(7))({source('qdask-priority-source', 'priority')})")
+        assert await page.js(source("qdask-priority-source", "label")) == ["7", "high"]
         await page.wait_js(f"{source('qdask-utilization-source', 'quantum')}.some(v => v > 0)")
+        # State-vector use in percent of the budget (1 MiB of 1 GiB x fraction is visible as a number > 0).
+        sv = await page.wait_js(f"(p => p.some(v => v > 0) && p)({source('qdask-capacity-source', 'sv_pct')})")
+        assert all(0 <= v <= 100 for v in sv)
+        # The progress line: running and waiting circuit tasks, the estimate left, the ETA.
+        progress = await page.wait_js(f"(t => t.includes('waiting') && t.includes('done in ~') && t)"
+                                      f"({div_text('qdask-progress')})")
+        assert "circuit tasks: 1 running" in progress, progress
 
         # The idle classical worker dies meanwhile, for good (its nanny told not to restart it, as
         # for a lost machine; a restart racing the cluster's close makes the close time out).
@@ -246,6 +266,20 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
 
         await asyncio.get_running_loop().run_in_executor(None, client.gather, futures)
         assert await page.js(f"{source('qdask-utilization-source', 'time')}.length") > points
+        # What ran: 10 circuits of qsim, 16 qubits wide, each 0.6 s (the <=1s bucket), at some circuits/s.
+        await page.wait_js(f"(c => c.length == 1 && c[0] >= 10)({source('qdask-backends-source', 'circuits')})")
+        assert await page.js(source("qdask-backends-source", "backend")) == ["qsim"]
+        assert await page.js(source("qdask-widths-source", "qubits")) == ["16q"]
+        assert await page.js(source("qdask-widths-source", "circuits")) == [10]
+        buckets = await page.js(source("qdask-durations-source", "bucket"))
+        counts = await page.js(source("qdask-durations-source", "circuits"))
+        assert dict(zip(buckets, counts))["<=1s"] == 10, (buckets, counts)
+        assert await page.js(f"{source('qdask-rate-source', 'rate')}.some(v => v > 0)")
+        # The utilization curve is a rolling mean: between the 0 and 100 % of single samples.
+        raw = await page.js(source("qdask-utilization-source", "quantum_raw"))
+        smooth = await page.js(source("qdask-utilization-source", "quantum"))
+        assert set(raw) <= {0.0, 100.0} and any(0 < v < 100 for v in smooth), (raw, smooth)
+        assert "10 circuits finished" in await page.js(div_text("qdask-progress"))
         assert hybrid.error_statistics().node_failures == 1
         (failure,) = hybrid.cluster.scheduler.extensions["qdask"].events.since(t0, ("node_failure",))
         assert failure.worker == classical and failure.cause == "died"

@@ -64,6 +64,8 @@ class CircuitCounters(SchedulerPlugin):
         Batches planned (one ``qdask_batch_context`` call each).
     prefix_circuits : collections.Counter
         ``{task prefix: circuits finished}``.
+    widths : collections.Counter
+        ``{qubits: circuits finished}`` (a task's width: its widest circuit).
     """
 
     name = NAME
@@ -74,6 +76,8 @@ class CircuitCounters(SchedulerPlugin):
         self.circuits: Counter[tuple[str, str]] = Counter()
         # { task prefix: circuits finished } (the analysis judges circuits per task by group)
         self.prefix_circuits: Counter[str] = Counter()
+        # { qubits: circuits finished } (the /qdask page's width histogram)
+        self.widths: Counter[int] = Counter()
         self.buckets = [0] * len(BUCKETS)
         self.duration_sum = 0.0
         self.batches = 0
@@ -89,6 +93,8 @@ class CircuitCounters(SchedulerPlugin):
         n = max(int(ann.get("circuits") or 1), 1)
         self.circuits[(str(ann.get("backend") or "unknown"), work_kind(key))] += n
         self.prefix_circuits[key_split(key)] += n
+        if isinstance(ann.get("qubits"), int):
+            self.widths[ann["qubits"]] += n
         compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
         if compute:
             seconds = sum(s["stop"] - s["start"] for s in compute)
@@ -100,6 +106,11 @@ class CircuitCounters(SchedulerPlugin):
         for i, bound in enumerate(BUCKETS):
             if seconds <= bound:
                 self.buckets[i] += count
+
+    @property
+    def total(self) -> int:
+        """Circuits finished."""
+        return sum(self.circuits.values())
 
     @property
     def duration_count(self) -> int:

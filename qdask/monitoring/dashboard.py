@@ -34,6 +34,59 @@ PAGE = "qdask"
 REFRESH_MS = 500
 #: Points kept in the utilization plot.
 ROLLOVER = 3600
+#: Seconds the utilization curve is averaged over (single samples jump between 0 and 100 %).
+SMOOTHING_S = 2.0
+#: Priority classes shown by name (qdask.scheduler.placement.PRIORITIES); other priorities by number.
+PRIORITY_NAMES = {-10: "low", 0: "normal", 10: "high", 100: "critical"}
+#: Duration histogram labels, one per bucket of qdask.monitoring.counters.BUCKETS.
+NO_GPUS = "no GPUs on this cluster"
+
+
+def priority_label(priority: int) -> str:
+    """``"high"`` for a class's own priority, the number otherwise.
+
+    Examples
+    --------
+    >>> priority_label(10), priority_label(7)
+    ('high', '7')
+    """
+    return PRIORITY_NAMES.get(priority, str(priority))
+
+
+def bucket_label(bound: float) -> str:
+    """A duration bucket's upper bound as text (``"<= 25ms"``, ``"> 5min"``).
+
+    Examples
+    --------
+    >>> bucket_label(0.025), bucket_label(300.0), bucket_label(float("inf"))
+    ('<=25ms', '<=5min', '>5min')
+    """
+    import math
+
+    if math.isinf(bound):
+        return ">5min"
+    if bound >= 60:
+        return f"<={bound / 60:g}min"
+    if bound >= 1:
+        return f"<={bound:g}s"
+    return f"<={bound * 1e3:g}ms"
+
+
+def eta_text(running: int, waiting: int, seconds_left: float, slots: float, finished: int, rate: float) -> str:
+    """The progress line of the page.
+
+    Examples
+    --------
+    >>> eta_text(2, 8, 12.0, 2, 100, 5.0)
+    'circuit tasks: 2 running, 8 waiting; about 12 s of work left on 2 slot(s), done in ~6 s; 100 circuits finished, 5 circuits/s'
+    """
+    parts = [f"circuit tasks: {running} running, {waiting} waiting"]
+    if running or waiting:
+        eta = seconds_left / slots if slots else float("inf")
+        done = f"done in ~{eta:.3g} s" if eta != float("inf") else "no quantum slot to run them"
+        parts.append(f"about {seconds_left:.3g} s of work left on {slots:g} slot(s), {done}")
+    parts.append(f"{finished} circuits finished, {rate:.3g} circuits/s")
+    return "; ".join(parts)
 
 
 def register() -> bool:
@@ -122,6 +175,7 @@ class QdaskPage:
             Div,
             FactorRange,
             HoverTool,
+            Label,
             NumeralTickFormatter,
             Range1d,
             TableColumn,
@@ -133,39 +187,64 @@ class QdaskPage:
         self._last_event: object = None
 
         self.status = Div(name="qdask-status", text="")
+        self.progress = Div(name="qdask-progress", text="")
+        self._recent: list[tuple[float, float, float]] = []  # (time, quantum %, threads %) for the rolling mean
+        self._last_count: tuple[float, int] | None = None  # (time, circuits finished) at the last refresh
         self.utilization_source = ColumnDataSource(
-            {"time": [], "quantum": [], "nodes": []}, name="qdask-utilization-source"
+            {"time": [], "quantum": [], "nodes": [], "quantum_raw": []}, name="qdask-utilization-source"
         )
         self.utilization = figure(
-            title="Quantum utilization over time (%)", x_axis_type="datetime", y_range=Range1d(0, 105),
-            height=260, sizing_mode="stretch_width", name="qdask-utilization", tools="xpan,xwheel_zoom,reset",
+            title=f"Utilization over time (%, mean of the last {SMOOTHING_S:g} s)", x_axis_type="datetime",
+            y_range=Range1d(0, 105), height=260, sizing_mode="stretch_width", name="qdask-utilization",
+            tools="xpan,xwheel_zoom,reset",
         )
+        self.utilization.line("time", "quantum_raw", source=self.utilization_source, line_width=1,
+                              color="#7b3294", alpha=0.2, legend_label="quantum slots busy (each sample)")
         self.utilization.line("time", "quantum", source=self.utilization_source, line_width=2,
                               color="#7b3294", legend_label="quantum slots busy")
         self.utilization.line("time", "nodes", source=self.utilization_source, line_width=1,
                               color="#999999", legend_label="worker threads busy")
-        self.utilization.legend.location = "top_left"
+        # Beside the plot, not over the curve it explains.
+        self.utilization.add_layout(self.utilization.legend[0], "right")
 
-        self.priority_source = ColumnDataSource({"priority": [], "ready": []}, name="qdask-priority-source")
+        self.priority_source = ColumnDataSource({"priority": [], "label": [], "ready": []},
+                                                name="qdask-priority-source")
         # Explicit ranges, set in update(): data ranges of empty plots make Bokeh warn.
         self.priority = figure(title="Ready circuit tasks by priority", height=260, width=360,
-                               x_range=Range1d(-1, 1), y_range=Range1d(0, 1), name="qdask-priority", tools="")
-        self.priority.vbar(x="priority", top="ready", width=0.8, source=self.priority_source, color="#7b3294")
-        self.priority.xaxis.axis_label = "priority"
-        self.priority.xaxis.ticker = BasicTicker(desired_num_ticks=5, min_interval=1)
+                               x_range=FactorRange(factors=["normal"]), y_range=Range1d(0, 1),
+                               name="qdask-priority", tools="")
+        self.priority.vbar(x="label", top="ready", width=0.8, source=self.priority_source, color="#7b3294")
+        self.priority.xaxis.axis_label = "priority (low, normal, high, critical, or the number)"
+        self.priority.yaxis.ticker = BasicTicker(desired_num_ticks=5, min_interval=1)
+
+        # Throughput and what ran: circuits/s over time, per backend, durations and widths.
+        self.rate_source = ColumnDataSource({"time": [], "rate": []}, name="qdask-rate-source")
+        self.rate = figure(title="Circuits finished per second", x_axis_type="datetime",
+                           x_range=self.utilization.x_range, y_range=Range1d(0, 1), height=220,
+                           sizing_mode="stretch_width", name="qdask-rate", tools="xpan,reset")
+        self.rate.line("time", "rate", source=self.rate_source, line_width=2, color="#1b7837")
+        self.backends_source = ColumnDataSource({"backend": [], "circuits": []}, name="qdask-backends-source")
+        self.backends = self._bars("Circuits per backend", "qdask-backends", self.backends_source, "backend")
+        self.durations_source = ColumnDataSource({"bucket": [], "circuits": []}, name="qdask-durations-source")
+        self.durations = self._bars("Circuit durations", "qdask-durations", self.durations_source, "bucket")
+        self.widths_source = ColumnDataSource({"qubits": [], "circuits": []}, name="qdask-widths-source")
+        self.widths = self._bars("Circuit widths (qubits)", "qdask-widths", self.widths_source, "qubits")
 
         self.capacity_source = ColumnDataSource(
-            {k: [] for k in ("worker", "slots", "slots_busy", "sv", "sv_used", "gpus", "gpus_busy")},
+            {k: [] for k in ("worker", "slots", "slots_busy", "sv", "sv_used", "sv_full", "sv_pct", "gpus",
+                             "gpus_busy")},
             name="qdask-capacity-source",
         )
         self.capacity = []
         for title, total, used, fmt in (
             ("Quantum slots per worker: capacity / in use", "slots", "slots_busy", "0"),
-            ("State-vector memory per worker: budget / in use", "sv", "sv_used", "0.0 b"),
+            # In percent of the budget: MiB of a small circuit would not show against GiB.
+            ("State-vector memory per worker: % of its budget in use", "sv_full", "sv_pct", "0"),
             ("GPUs per worker: capacity / in use", "gpus", "gpus_busy", "0"),
         ):
+            name = "qdask-capacity-" + {"sv_full": "sv"}.get(total, total)
             fig = figure(title=title, x_range=Range1d(0, 1), y_range=FactorRange(factors=["(no workers)"]),
-                         height=240, sizing_mode="stretch_width", name=f"qdask-capacity-{total}", tools="")
+                         height=240, sizing_mode="stretch_width", name=name, tools="")
             fig.hbar(y="worker", right=total, height=0.8, source=self.capacity_source, color="#c2a5cf",
                      legend_label="capacity")
             fig.hbar(y="worker", right=used, height=0.5, source=self.capacity_source, color="#7b3294",
@@ -174,9 +253,17 @@ class QdaskPage:
             if fmt == "0":  # counts: whole ticks only
                 fig.xaxis.ticker = BasicTicker(desired_num_ticks=5, min_interval=1)
             fig.legend.location = "bottom_right"
-            fig.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("capacity", f"@{total}"),
-                                              ("in use", f"@{used}")]))
+            if total == "sv_full":
+                fig.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("budget", "@sv{0.0 b}"),
+                                                  ("in use", "@sv_used{0.0 b} (@sv_pct{0.0} %)")]))
+            else:
+                fig.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("capacity", f"@{total}"),
+                                                  ("in use", f"@{used}")]))
             self.capacity.append(fig)
+        # Said in words on a machine without GPUs, instead of an empty plot.
+        self.no_gpus = Label(x=10, y=10, x_units="screen", y_units="screen", text="", name="qdask-no-gpus",
+                             text_font_size="14pt", text_color="#666666")
+        self.capacity[2].add_layout(self.no_gpus)
 
         # Roles and emulated-device error rates (HybridConfig, qdask.hybrid.noise): what
         # role routing and noise-aware routing decide from.
@@ -206,12 +293,35 @@ class QdaskPage:
 
         self.root = column(
             self.status,
+            self.progress,
             row(self.utilization, self.priority, sizing_mode="stretch_width"),
+            row(self.rate, self.backends, self.durations, self.widths, sizing_mode="stretch_width"),
             row(*self.capacity, sizing_mode="stretch_width"),
             self.workers,
             row(*self.event_figures, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
+
+    @staticmethod
+    def _bars(title: str, name: str, source: Any, x: str) -> Any:
+        from bokeh.models import BasicTicker, FactorRange, HoverTool, Range1d
+        from bokeh.plotting import figure
+
+        fig = figure(title=title, x_range=FactorRange(factors=["-"]), y_range=Range1d(0, 1), height=220,
+                     width=300, name=name, tools="")
+        fig.vbar(x=x, top="circuits", width=0.8, source=source, color="#1b7837")
+        fig.yaxis.ticker = BasicTicker(desired_num_ticks=5, min_interval=1)
+        fig.xaxis.major_label_orientation = 0.8
+        fig.add_tools(HoverTool(tooltips=[(x, f"@{x}"), ("circuits", "@circuits")]))
+        return fig
+
+    @staticmethod
+    def _set_bars(fig: Any, source: Any, x: str, labels: list[str], counts: list[int]) -> None:
+        if list(source.data.get(x, [])) == labels and list(source.data["circuits"]) == counts:
+            return
+        source.data = {x: labels, "circuits": counts}
+        fig.x_range.factors = labels or ["-"]
+        fig.y_range.update(start=0, end=max(counts, default=0) * 1.1 or 1)
 
     @property
     def monitor(self) -> Monitor | None:
@@ -226,12 +336,63 @@ class QdaskPage:
         self._update_utilization(monitor)
         self._update_capacity()
         self._update_workers()
-        by_priority = dict(monitor.tracker.by_priority) if monitor.tracking else {}
-        self.priority_source.data = {"priority": list(by_priority), "ready": list(by_priority.values())}
+        by_priority = dict(sorted(monitor.tracker.by_priority.items())) if monitor.tracking else {}
+        labels = [priority_label(p) for p in by_priority]
+        self.priority_source.data = {"priority": list(by_priority), "label": labels,
+                                     "ready": list(by_priority.values())}
         if by_priority:
-            self.priority.x_range.update(start=min(by_priority) - 1, end=max(by_priority) + 1)
+            self.priority.x_range.factors = labels
             self.priority.y_range.update(start=0, end=max(by_priority.values()) * 1.1)
+        self._update_circuits(monitor)
         self._update_events(monitor)
+
+    def _update_circuits(self, monitor: Monitor) -> None:
+        """Circuits/s, per backend, durations, widths and the progress line."""
+        import time
+
+        from qdask.monitoring.counters import BUCKETS
+        from qdask.monitoring.sampler import circuit_annotation, worker_resources
+
+        counters = monitor.counters
+        now, total = time.time(), counters.total
+        rate = 0.0
+        if self._last_count is not None and now > self._last_count[0]:
+            rate = (total - self._last_count[1]) / (now - self._last_count[0])
+            self.rate_source.stream({"time": [now * 1000], "rate": [rate]}, rollover=ROLLOVER)
+            peak = max(self.rate_source.data["rate"], default=0.0)
+            self.rate.y_range.update(start=0, end=peak * 1.1 or 1)
+        self._last_count = (now, total)
+        by_backend: dict[str, int] = {}
+        for (backend, _), n in counters.circuits.items():
+            by_backend[backend] = by_backend.get(backend, 0) + n
+        self._set_bars(self.backends, self.backends_source, "backend", sorted(by_backend),
+                       [by_backend[b] for b in sorted(by_backend)])
+        per_bucket = [b - a for a, b in zip([0, *counters.buckets[:-1]], counters.buckets)]
+        used = [i for i, n in enumerate(per_bucket) if n]
+        span = range(min(used), max(used) + 1) if used else range(0)
+        self._set_bars(self.durations, self.durations_source, "bucket", [bucket_label(BUCKETS[i]) for i in span],
+                       [per_bucket[i] for i in span])
+        widths = sorted(counters.widths)
+        self._set_bars(self.widths, self.widths_source, "qubits", [f"{q}q" for q in widths],
+                       [counters.widths[q] for q in widths])
+        # Progress of the work in flight: what runs, what waits, and the cost model's estimate of it.
+        running = waiting = 0
+        seconds_left = 0.0
+        for key in monitor.tracker.ready if monitor.tracking else ():
+            ts = self.scheduler.tasks.get(key)
+            ann = circuit_annotation(ts)
+            if ts is None or ann is None:
+                continue
+            if ts.state == "processing" and ts.processing_on is not None and ts in ts.processing_on.executing:
+                running += 1
+            else:
+                waiting += 1
+            seconds_left += float(ann.get("est_seconds") or 0.0)
+        slots = sum(worker_resources(ws)["quantum_slots"] for ws in self.scheduler.workers.values())
+        text = eta_text(running, waiting, seconds_left, slots, total, rate)
+        if not monitor.tracking:
+            text += " (start monitoring to follow running and waiting circuits)"
+        self.progress.text = text
 
     def _update_utilization(self, monitor: Monitor) -> None:
         if monitor.sampling:
@@ -250,14 +411,15 @@ class QdaskPage:
             )
         if new:
             self._last_sample = new[-1]["time"]
-            self.utilization_source.stream(
-                {
-                    "time": [s["time"] * 1000 for s in new],
-                    "quantum": [s["total"]["quantum_utilization"] for s in new],
-                    "nodes": [s["total"]["node_utilization"] for s in new],
-                },
-                rollover=ROLLOVER,
-            )
+            smoothed = {"time": [], "quantum": [], "nodes": [], "quantum_raw": []}
+            for s in new:
+                t, q, n = s["time"], s["total"]["quantum_utilization"], s["total"]["node_utilization"]
+                self._recent = [r for r in self._recent if r[0] > t - SMOOTHING_S] + [(t, q, n)]
+                smoothed["time"].append(t * 1000)
+                smoothed["quantum"].append(sum(r[1] for r in self._recent) / len(self._recent))
+                smoothed["nodes"].append(sum(r[2] for r in self._recent) / len(self._recent))
+                smoothed["quantum_raw"].append(q)
+            self.utilization_source.stream(smoothed, rollover=ROLLOVER)
 
     def _update_workers(self) -> None:
         plugin = self.scheduler.extensions["qdask"]
@@ -278,15 +440,21 @@ class QdaskPage:
             rows["slots_busy"].append(res["quantum_busy"])
             rows["sv"].append(res["statevector_bytes"])
             rows["sv_used"].append(res["statevector_used"])
+            budget = res["statevector_bytes"]
+            rows["sv_full"].append(100.0 if budget else 0.0)
+            rows["sv_pct"].append(100.0 * res["statevector_used"] / budget if budget else 0.0)
             rows["gpus"].append(res["gpus"])
             rows["gpus_busy"].append(res["gpus_busy"])
         factors = rows["worker"] or ["(no workers)"]
-        for fig, total in zip(self.capacity, ("slots", "sv", "gpus")):
+        for fig, total in zip(self.capacity, ("slots", "sv_full", "gpus")):
             if list(fig.y_range.factors) != factors:
                 fig.y_range.factors = factors
-            end = max(rows[total], default=0) * 1.05 or 1
+            end = 100.0 if total == "sv_full" else max(rows[total], default=0) * 1.05 or 1
             if fig.x_range.end != end:
                 fig.x_range.end = end
+        no_gpus = NO_GPUS if not any(rows["gpus"]) else ""
+        if self.no_gpus.text != no_gpus:
+            self.no_gpus.text = no_gpus
         self.capacity_source.data = rows
 
     def _update_events(self, monitor: Monitor) -> None:
