@@ -19,12 +19,12 @@ import cirq
 import dask
 import numpy as np
 from distributed import Client, Future, as_completed
-from tqdm import tqdm
 
 from qdask.fault import client as fault
 from qdask.fault.batch import BatchGuard
 from qdask.hybrid import schrodinger_feynman
 from qdask.hybrid.levels import OptimizationPolicy
+from qdask.monitoring.progress import progress_bar, resolve_progress
 from qdask.quantum import qsim_fast
 from qdask.quantum.backends import QSIMH
 from qdask.quantum.errors import FIX, BatchError, TaskFailure
@@ -100,8 +100,9 @@ class Engine:
         Backend name, or "auto" to choose per circuit.
     priority : int or str, default "normal"
         Dask priority or class ("low", "normal", "high", "critical").
-    progress : bool, default False
-        Show a progress bar while waiting for results.
+    progress : bool or None, default None
+        Show a progress bar while waiting for results; None shows one in
+        Jupyter only (:mod:`qdask.monitoring.progress`).
     optimization_level : {"none", "basic", "aggressive"}, optional
         What qdask may decide (``docs/hybrid.md``); default the cluster's
         (``HybridConfig(optimization_level=...)``), read at every batch.
@@ -114,7 +115,7 @@ class Engine:
         seed: int | np.random.RandomState | None = None,
         simulator: str = "auto",
         priority: int | str = "normal",
-        progress: bool = False,
+        progress: bool | None = None,
         optimization_level: str | None = None,
     ) -> None:
         if client is None:
@@ -125,7 +126,7 @@ class Engine:
         self.seeds = SeedSource(seed)
         self.simulator = simulator
         self.priority = resolve_priority(priority)
-        self.progress = progress
+        self.progress = resolve_progress(progress)
         self.optimization_level = optimization_level
         self.last = BatchStats()
 
@@ -243,7 +244,7 @@ class Engine:
         stats = BatchStats(circuits=len(sub.jobs), tasks=len(sub.futures), circuit_bytes=sub.circuit_bytes)
         backends: Counter[str] = Counter()
         workers: Counter[str] = Counter()
-        bar = tqdm(total=len(sub.jobs), desc="circuits", unit="circ", disable=not self.progress)
+        bar = progress_bar(len(sub.jobs), self.progress)
         guard = sub.guard
         chunk_of = {fut.key: chunk for chunk, fut in zip(sub.chunks, sub.futures)}
         try:

@@ -56,8 +56,9 @@ class Sampler(cirq.Sampler):
         (``qdask.backends()`` lists them).
     priority : int or str, default "normal"
         Dask priority or class ("low", "normal", "high", "critical").
-    progress : bool, default False
-        Show a progress bar.
+    progress : bool or None, default None
+        Show a progress bar while a batch runs; None: only in Jupyter (a widget
+        there with ``qdask[notebook]``, tqdm's text bar otherwise).
 
     Examples
     --------
@@ -76,7 +77,7 @@ class Sampler(cirq.Sampler):
         qsim_options: Any = None,
         simulator: str = "auto",
         priority: int | str = "normal",
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> None:
         self.noise = cirq.NoiseModel.from_noise_model_like(noise)
         #: The caller's qsim options that differ from qsim's defaults (short keys): what travels to the workers.

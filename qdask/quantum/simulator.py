@@ -55,7 +55,7 @@ class Simulator(
         qsim_options: Any = None,
         simulator: str = "auto",
         priority: int | str = "normal",
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> None:
         Sampler.__init__(
             self,
