@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
+from qdask import _compat
 from qdask.config import LoadBalancerConfig
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class LoadBalancer:
             return self.status()
         if stealing is not None:
             await stealing.stop()
-            stealing._callback_time = cfg.check_interval  # seconds; read by start()
+            _compat.set_stealing_interval(stealing, cfg.check_interval)
             await stealing.start()
         pc = PeriodicCallback(self.check, cfg.check_interval * 1000)
         self.scheduler.periodic_callbacks[CALLBACK] = pc
@@ -130,7 +131,8 @@ class LoadBalancer:
                 thief = self._thief(ts, victim, workers, occ)
                 if thief is None:
                     continue
-                duration = s._get_prefix_duration(ts.prefix)
+                duration = _compat.prefix_duration(s, ts.prefix)
+
                 if occ[thief] + duration >= occ[victim] - duration:
                     break  # moving more would only shift the imbalance
                 if stealing.move_task_request(ts, victim, thief) == "in-flight":

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import format_bytes
 from distributed.core import Status
 
-from qdask import config
+from qdask import _compat, config
 from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
 
 if TYPE_CHECKING:
@@ -134,14 +134,13 @@ class Placement:
         # Twice what the last pass kept: pruning stays amortized O(1) per chunk
         # even when thousands of chunks wait at once.
         self._prune_at = PRUNE_AT
-        self._objective = scheduler.worker_objective
-        # Private lever (DASK_NOTES): the instance attribute shadows the method.
-        scheduler.worker_objective = self.worker_objective  # type: ignore[method-assign]
+        self._objective = _compat.shadow_worker_objective(scheduler, self.worker_objective)
         if scheduler.no_workers_timeout is None:
             scheduler.no_workers_timeout = config.parse_duration(config.get("scheduler.no-worker-timeout"))
 
     def close(self) -> None:
-        self.scheduler.__dict__.pop("worker_objective", None)
+        _compat.restore_worker_objective(self.scheduler)
+
 
     # -- update_graph --------------------------------------------------------------
     def update_graph(self, qdask_annotations: dict[Any, Any], keys: list[Any]) -> None:
