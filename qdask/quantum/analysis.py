@@ -49,6 +49,8 @@ class CircuitInfo:
         Some measurement has a confusion map.
     widest_op : int
         Qubits of the widest operation (qsim takes gates on up to 6).
+    controlled_targets : int
+        Most target qubits of a controlled operation (qsim takes up to 4).
     """
 
     num_qubits: int
@@ -67,6 +69,7 @@ class CircuitInfo:
     max_dimension: int = 2
     confusion_maps: bool = False
     widest_op: int = 0
+    controlled_targets: int = 0
 
     @property
     def per_repetition(self) -> bool:
@@ -121,6 +124,15 @@ def _classify(op: cirq.Operation) -> tuple[str, bool]:
     if cirq.has_mixture(op) or cirq.has_kraus(op):
         return "noise", False
     return "unsupported", False
+
+
+def _controlled_targets(op: cirq.Operation) -> int:
+    """Target qubits of a controlled operation (0 for any other)."""
+    if isinstance(op, cirq.ControlledOperation):
+        return len(op.sub_operation.qubits)
+    if isinstance(op.gate, cirq.ControlledGate):
+        return op.gate.sub_gate.num_qubits()
+    return 0
 
 
 def _remember(cache: dict, key: object, facts: _GateFacts) -> _GateFacts:
@@ -216,7 +228,7 @@ def _analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
     terminal = True
     unsupported: set[str] = set()
     classical = confusion = False
-    widest = 0
+    widest = targets = 0
     later: set[cirq.Qid] = set()  # qubits that moments after the current one act on
     measurements: list[list[cirq.Operation]] = []  # per moment, last moment first
     moments = circuit.moments
@@ -226,8 +238,9 @@ def _analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
             name, kind, is_clifford, wide = _facts(op)
             counts[name] += 1
             two_qubit += wide
-            if wide and kind != "measure" and len(op.qubits) > widest:  # qsim measures any number
-                widest = len(op.qubits)
+            if wide and kind != "measure":  # qsim measures any number of qubits
+                widest = max(widest, len(op.qubits))
+                targets = max(targets, _controlled_targets(op))
             clifford = clifford and is_clifford
             if kind == "measure":
                 terminal = terminal and later.isdisjoint(op.qubits)
@@ -262,4 +275,5 @@ def _analyze(circuit: cirq.AbstractCircuit) -> CircuitInfo:
         max_dimension=max((q.dimension for q in later), default=2),
         confusion_maps=confusion,
         widest_op=widest or min(len(later), 1),
+        controlled_targets=targets,
     )
