@@ -1,11 +1,10 @@
 """The ``/qdask`` page of the scheduler's dashboard (Bokeh).
 
-Every use of distributed's internal dashboard API lives in this module:
-``distributed.dashboard.scheduler.applications`` (the Bokeh apps a scheduler
-serves, read once when the Scheduler is built), ``template_variables`` (the
-navigation bar) and the template/theme of Dask's own pages. Tests in
-``tests/test_monitoring_dashboard.py`` check each of them, so a change in
-distributed shows up there first.
+distributed's internal dashboard API (``distributed.dashboard.scheduler.applications``,
+the Bokeh apps a scheduler serves, read once when the Scheduler is built;
+``template_variables``, the navigation bar; the template/theme of Dask's own
+pages) is reached through :mod:`qdask._compat`, whose canaries in
+``tests/test_compat.py`` show a change in distributed first.
 
 The page reads the scheduler-side stores (the monitor's samples, the circuit
 tracker, the event store) and Dask's resource accounting; it never talks to
@@ -17,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from qdask import _compat
 from qdask.monitoring.events import FAILURE_KINDS, SCALING_KINDS
 
 if TYPE_CHECKING:
@@ -96,12 +96,7 @@ def register() -> bool:
     of Bokeh applications once, when it starts the dashboard. Returns False
     when the dashboard is unavailable (no Bokeh), so the page is simply absent.
     """
-    try:
-        from distributed.dashboard import scheduler as dashboard
-    except ImportError:
-        return False
-    dashboard.applications.setdefault(ROUTE, qdask_doc)
-    return True
+    return _compat.add_dashboard_application(ROUTE, qdask_doc)
 
 
 def page_served(scheduler: Scheduler) -> bool:
@@ -110,22 +105,16 @@ def page_served(scheduler: Scheduler) -> bool:
     False when its dashboard is off or started before :func:`register` ran
     (a plugin registered on a running scheduler).
     """
-    http = getattr(scheduler, "http_application", None)
-    for app in getattr(http, "applications", ()):
-        if ROUTE in getattr(app, "_applications", {}):
-            return True
-    return False
+    return _compat.dashboard_serves(scheduler, ROUTE)
 
 
 def add_nav_link(scheduler: Scheduler) -> bool:
     """Link the page from the navigation bar of Dask's pages, if the page is served."""
     if not page_served(scheduler):
         return False
-    from distributed.dashboard.scheduler import template_variables
-
     # Memoized per scheduler and shared with the running Bokeh app, so
     # appending here reaches pages rendered from now on.
-    pages = template_variables(scheduler)["pages"]
+    pages = _compat.dashboard_nav_pages(scheduler)
     if PAGE not in pages:
         pages.append(PAGE)
     return True
@@ -133,17 +122,12 @@ def add_nav_link(scheduler: Scheduler) -> bool:
 
 def qdask_doc(scheduler: Scheduler, extra: dict[str, Any], doc: Document) -> None:
     """Build the page for one browser session (distributed's application signature)."""
-    from distributed.dashboard.components import add_periodic_callback
-    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
-
     page = QdaskPage(scheduler)
     page.update()
-    add_periodic_callback(doc, page, REFRESH_MS)
     doc.title = "Dask: qdask"
     doc.add_root(page.root)
-    doc.template = env.get_template("simple.html")
-    doc.template_variables.update(extra)
-    doc.theme = BOKEH_THEME
+    _compat.style_dashboard_doc(doc, extra, page, REFRESH_MS)
+
 
 
 #: (resources() field, column title) of the workers table.

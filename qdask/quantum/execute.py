@@ -26,7 +26,7 @@ import cloudpickle
 import numpy as np
 from dask.sizeof import sizeof
 
-from qdask import config
+from qdask import _compat, config
 from qdask.fault.worker import begin_chunk, report_quantum_error
 from qdask.quantum import backends as bk
 from qdask.quantum.errors import TaskFailure, raise_failures
@@ -265,8 +265,8 @@ class Inbox:
         comm = getattr(getattr(worker, "batched_stream", None), "comm", None)
         # TCP and TLS comms read a socket; other comms (inproc, UCX) are not polled.
         self.socket = getattr(getattr(comm, "stream", None), "socket", None)
-        # asyncio's queue of callbacks due now (private, in every CPython since 3.4; read-only here).
-        self.due = getattr(getattr(self.loop, "asyncio_loop", None), "_ready", ())
+        self.due = _compat.asyncio_ready_queue(self.loop)
+
         self.last = time.perf_counter()
 
     @classmethod

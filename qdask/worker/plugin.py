@@ -11,7 +11,7 @@ from distributed import WorkerPlugin
 from distributed.core import Status
 
 from qdask.monitoring.worker import METRIC, WorkerMetrics
-from qdask import config
+from qdask import _compat, config
 from qdask.worker.discovery import Capabilities, discover
 
 if TYPE_CHECKING:
@@ -75,9 +75,8 @@ class QuantumWorkerPlugin(WorkerPlugin):
         resources = {k: v for k, v in caps.resources().items() if k not in declared}
         if worker.status == Status.init:
             # Not registered yet: the registration message carries both.
-            for k, v in resources.items():
-                declared[k] = v
-                worker.state.available_resources[k] = v
+            _compat.declare_resources_before_registration(worker, resources)
+
             worker.startup_information[STARTUP_KEY] = _startup_info
         else:
             if resources:
