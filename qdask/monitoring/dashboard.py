@@ -129,7 +129,6 @@ def qdask_doc(scheduler: Scheduler, extra: dict[str, Any], doc: Document) -> Non
     _compat.style_dashboard_doc(doc, extra, page, REFRESH_MS)
 
 
-
 #: (resources() field, column title) of the workers table.
 WORKER_COLUMNS = (
     ("name", "worker"),

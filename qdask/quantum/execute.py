@@ -266,7 +266,6 @@ class Inbox:
         # TCP and TLS comms read a socket; other comms (inproc, UCX) are not polled.
         self.socket = getattr(getattr(comm, "stream", None), "socket", None)
         self.due = _compat.asyncio_ready_queue(self.loop)
-
         self.last = time.perf_counter()
 
     @classmethod

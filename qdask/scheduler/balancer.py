@@ -132,7 +132,6 @@ class LoadBalancer:
                 if thief is None:
                     continue
                 duration = _compat.prefix_duration(s, ts.prefix)
-
                 if occ[thief] + duration >= occ[victim] - duration:
                     break  # moving more would only shift the imbalance
                 if stealing.move_task_request(ts, victim, thief) == "in-flight":

@@ -141,7 +141,6 @@ class Placement:
     def close(self) -> None:
         _compat.restore_worker_objective(self.scheduler)
 
-
     # -- update_graph --------------------------------------------------------------
     def update_graph(self, qdask_annotations: dict[Any, Any], keys: list[Any]) -> None:
         """Apply the changes to new tasks ``keys`` (``qdask_annotations``: the annotated ones)."""

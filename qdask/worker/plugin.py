@@ -76,7 +76,6 @@ class QuantumWorkerPlugin(WorkerPlugin):
         if worker.status == Status.init:
             # Not registered yet: the registration message carries both.
             _compat.declare_resources_before_registration(worker, resources)
-
             worker.startup_information[STARTUP_KEY] = _startup_info
         else:
             if resources:
