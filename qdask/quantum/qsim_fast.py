@@ -22,8 +22,10 @@ circuits whose measurements are all terminal, more than one repetition. The
 planner sends every other circuit as it is (``metadata["path"] == "cirq"``).
 
 qsimcirq's translation decisions are private functions of
-``qsimcirq.qsim_circuit``; they are used here and only here (see
-:data:`PRIVATE`, checked by a canary test). Written against qsimcirq 0.22.
+``qsimcirq.qsim_circuit``; this module reaches them through
+:mod:`qdask._compat` (``qsim_gate_kind``, ``qsim_has_gate_kind``,
+``qsim_control_details``, ``QSIM_DIAGONAL_ANGLES``), whose canaries in
+``tests/test_compat.py`` fail naming any an upgrade drops. Written against qsimcirq 0.22.
 """
 
 from __future__ import annotations
@@ -43,13 +45,8 @@ import numpy as np
 import sympy
 from qsimcirq import qsim_circuit as qc
 
+from qdask import _compat
 from qdask.quantum.analysis import CircuitMemo
-
-#: The private qsimcirq names this module relies on (``qsimcirq.qsim_circuit``
-#: attributes, and the gate attribute qsimcirq reads for diagonal gates).
-#: ``tests/test_quantum_units.py`` fails with their names if an upgrade drops one.
-PRIVATE = ("_cirq_gate_kind", "_has_cirq_gate_kind", "_control_details", "GATE_PARAMS", "qsim")
-_DIAGONAL_ANGLES = "_diag_angles_radians"
 
 # -- stage timings --------------------------------------------------------------------
 
@@ -100,19 +97,19 @@ def _entry(gate: cirq.Gate) -> Entry | None:
     if isinstance(gate, cirq.ControlledGate):
         n = gate.num_controls()
         # Which controls count depends only on the gate: ask with positions for qubits.
-        positions, values = qc._control_details(gate, list(range(n)))
+        positions, values = _compat.qsim_control_details(gate, list(range(n)))
         if arity - n > 4:
             return None  # qsimcirq raises NotImplementedError: the cirq path says so
         controls = (n, tuple(positions), list(values))
         target = gate.sub_gate
-    kind = qc._cirq_gate_kind(gate)
+    kind = _compat.qsim_gate_kind(gate)
     if kind is None:
         return None
     name = _kind_names()[int(kind)]  # pybind's own GateKind.name and == take ~40 and ~2 us
     if name in ("kTwoQubitDiagonalGate", "kThreeQubitDiagonalGate"):
-        return (arity, "diag", list(getattr(target, _DIAGONAL_ANGLES)), controls)
+        return (arity, "diag", list(getattr(target, _compat.QSIM_DIAGONAL_ANGLES)), controls)
     if name == "kMatrixGate":
-        return (arity, "matrix", [v for x in cirq.unitary(target).flat for v in (x.real, x.imag)], controls)
+        return (arity, "matrix", [float(v) for x in cirq.unitary(target).flat for v in (x.real, x.imag)], controls)
     params = {}
     for attribute, value in vars(target).items():
         key = attribute.strip("_")
@@ -184,7 +181,11 @@ def _value_key(gate: Any) -> tuple[Any, ...]:
     (``Z**1.5 == Z**-0.5``), while qsim is handed the exponent itself, and a
     different float gives different fused matrices, so other samples.
     """
-    return (type(gate), *((k, _value_key(v) if isinstance(v, cirq.Gate) else v) for k, v in vars(gate).items()))
+    return (type(gate), *(
+        (k, _value_key(v) if isinstance(v, cirq.Gate) else v)
+        for k, v in vars(gate).items()
+        if not k.startswith("_method_cache")  # cirq's cached hash and the like: there or not, the same gate
+    ))
 
 
 _REGISTRY = _Registry()
@@ -237,7 +238,7 @@ def _to_matrix(op: cirq.Operation) -> Any:
 def _native(op: cirq.Operation) -> bool:
     # qsimcirq keeps an operation as it is when it has a gate kind (so cirq.decompose
     # would return [op]); for plain gate operations that depends on the gate alone.
-    return qc._has_cirq_gate_kind(op)
+    return _compat.qsim_has_gate_kind(op)
 
 
 def encode(circuit: cirq.AbstractCircuit, *, cache: bool = True) -> CompactCircuit | None:
@@ -292,7 +293,7 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
             if gate is not None and _native(op):
                 subs = [op]
             else:
-                subs = cirq.decompose(op, fallback_decomposer=_to_matrix, keep=qc._has_cirq_gate_kind)
+                subs = cirq.decompose(op, fallback_decomposer=_to_matrix, keep=_compat.qsim_has_gate_kind)
             step = []
             for sub in subs:
                 i = reg.index(sub.gate) if sub.gate is not None else -1
@@ -399,6 +400,10 @@ def _load_table(blob: bytes) -> GateTable:
         if table is None:
             if len(_TABLES) >= _TABLES_MAX:
                 del _TABLES[next(iter(_TABLES))]
+            for older in _TABLES.values():  # only the newest batch's built circuits are kept
+                with older.lock:
+                    older.built.clear()
+                    older.built_ints = 0
             table = _TABLES[blob] = GateTable(pickle.loads(blob), blob)
         return table
 
