@@ -66,14 +66,23 @@ def test_unreachable_address_fails_within_the_connect_timeout(command):
     assert elapsed < 5, elapsed
 
 
-def test_bad_preload_option_names_the_preload_command():
+@pytest.mark.parametrize("option,value,says,limit", [
+    ("--qdask-role", "bogus", "'bogus' is not one of 'quantum', 'classical'", 5),
+    ("--qdask-noise", "[1", "Expected a mapping such as", 5),
+    ("--qdask-noise", "gate_error", "a str, not a mapping", 5),
+    # Checked by DeviceNoise (a cirq.NoiseModel): this one pays cirq's import, seconds on a busy host.
+    ("--qdask-noise", "{gate_error: 2}", "gate_error", 15),
+])
+def test_bad_preload_option_names_the_preload_command(option, value, says, limit):
     dask = str(Path(sys.executable).parent / "dask")
-    out, elapsed = _timed([dask, "worker", "tcp://127.0.0.1:1", "--preload", "qdask.plugins.worker",
-                           "--qdask-role", "bogus"])
+    out, elapsed = _timed([dask, "worker", "tcp://127.0.0.1:1", "--preload", "qdask.plugins.worker", option, value])
     assert out.returncode == 2, out.stderr
     assert "Usage: dask worker --preload qdask.plugins.worker [OPTIONS]" in out.stderr
-    assert "'bogus' is not one of 'quantum', 'classical'" in _one_error_line(out)
-    assert elapsed < 5, elapsed
+    line = _one_error_line(out)
+    assert f"Invalid value for '{option}'" in line and says in line, line
+    assert "--help" not in out.stderr  # dask worker's help would not list the preload's options
+    assert out.stderr.rstrip().endswith(line)  # the error is the last line: nothing follows on other lines
+    assert elapsed < limit, elapsed
 
 
 def test_info_shows_human_units():

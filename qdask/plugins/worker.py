@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 import click
 import yaml
 
-from qdask.deploy.spec import worker_plugins
-from qdask.hybrid.noise import DeviceNoise
 from qdask.plugins._command import PreloadCommand
 from qdask.worker.plugin import ROLES
 
@@ -32,20 +30,31 @@ def _noise(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
         return None
     try:
         noise = yaml.safe_load(value)
+        if not isinstance(noise, dict):  # checked before DeviceNoise, whose import (cirq) takes seconds
+            raise TypeError(f"a {type(noise).__name__}, not a mapping")
+        from qdask.hybrid.noise import DeviceNoise
+
         DeviceNoise.coerce(noise)
     except (yaml.YAMLError, TypeError, ValueError) as e:
+        reason = " ".join(str(e).split())  # YAML errors span lines, with a caret under the column
         raise click.BadParameter(
-            f"{value!r}: {e}. Expected a mapping such as \"{{gate_error: 0.01, readout_error: 0.02}}\"."
+            f"{value!r}: {reason}. Expected a mapping such as \"{{gate_error: 0.01, readout_error: 0.02}}\"."
         ) from e
     return dict(noise)
 
 
-@click.command(name="dask worker --preload qdask.plugins.worker", cls=PreloadCommand)
+# No --help: dask worker parses the preload's options, so a "Try ... --help" hint would show dask
+# worker's help, which does not list them (the module docstring does).
+@click.command(name="dask worker --preload qdask.plugins.worker", cls=PreloadCommand, add_help_option=False)
 @click.option("--qdask-role", type=click.Choice(ROLES), default="quantum", show_default=True,
               help="quantum workers run circuits; classical ones only classical tasks.")
 @click.option("--qdask-noise", default=None, callback=_noise,
               help="emulated device noise of a quantum worker, e.g. \"{gate_error: 0.01, readout_error: 0.02}\"; "
                    "default: the qdask.worker.noise config (noiseless).")
 async def dask_setup(worker: Worker, qdask_role: str, qdask_noise: dict[str, float] | None) -> None:
+    # Imported here, not with the module: dask worker imports the preload to parse its
+    # options, and a bad option should fail before cirq's import (seconds on a busy host).
+    from qdask.deploy.spec import worker_plugins
+
     for plugin in worker_plugins(qdask_role, noise=qdask_noise):
         await worker.plugin_add(plugin, catch_errors=False)
