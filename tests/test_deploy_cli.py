@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -205,4 +206,6 @@ def test_dask_qdask_info_lists_the_cluster(cli_cluster):
     assert f"Cluster at {cli_cluster.address}: 3 worker(s)" in out.stdout
     for name in ("quantum-0", "quantum-1", "classical"):
         assert name in out.stdout
-    assert out.stdout.count("quantum=1") == 2
+    # The compact form: quantum slots in use/total, classical workers have none ("-").
+    assert len(re.findall(r" quantum +1 .* [01]/1 ", out.stdout)) == 2, out.stdout
+    assert max(map(len, out.stdout.splitlines())) <= 100, out.stdout
