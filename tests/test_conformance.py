@@ -451,6 +451,12 @@ def _gate7() -> cirq.Circuit:
     return cirq.Circuit(cirq.MatrixGate(cirq.testing.random_unitary(2**7, random_state=1)).on(*Q[:7]))
 
 
+def _controlled5() -> cirq.Circuit:
+    """A controlled gate on 5 targets: 6 qubits in all, but qsim controls gates of up to 4 targets."""
+    target = cirq.MatrixGate(cirq.testing.random_unitary(2**5, random_state=2))
+    return cirq.Circuit(cirq.X(Q[0]), target.on(*Q[1:6]).controlled_by(Q[0]))
+
+
 def _feedback() -> cirq.Circuit:
     return cirq.Circuit(cirq.H(_a[0]), cirq.measure(_a[0], key="a"), cirq.X(_a[1]).with_classical_controls("a"),
                         cirq.measure(_a[1], key="b"))
@@ -475,6 +481,7 @@ ERROR_CASES: dict[str, tuple[dict[str, Any], Callable[[Any], Any]]] = {
     ),
     "reserved-qsim-option": ({"qsim_options": {"s": 3}}, lambda s: s.simulate(_unitary2)),
     "gate-on-7-qubits": ({"simulator": "qsim"}, lambda s: s.simulate(_gate7())),
+    "controlled-gate-on-5-targets": ({"simulator": "qsim"}, lambda s: s.simulate(_controlled5())),
     "classical-control-on-qsim": ({"simulator": "qsim"}, lambda s: s.run(_feedback(), repetitions=3)),
     "qudits-on-qsim": ({"simulator": "qsim"}, lambda s: s.run(cirq.Circuit(cirq.measure(*_qt, key="m")), repetitions=3)),
     "confusion-map-on-qsim": ({"simulator": "qsim"}, lambda s: s.run(_confused, repetitions=3)),
@@ -515,6 +522,14 @@ def test_errors_have_the_reference_type(client, case):
         assert "Fix" in str(got), got
     assert isinstance(got, qdask.BatchError) == (case in _ON_A_WORKER), type(got).__mro__
     assert sorted(client.scheduler_info()["workers"]) == before
+
+
+def test_qsim_options_qsim_does_not_have_are_refused_with_the_fix(client):
+    # qsimcirq passes unknown keys on silently (and they do nothing); qdask names them.
+    with pytest.raises(ValueError, match=r"unknown keys \['max_fused'\].*Fix: pass qsimcirq.QSimOptions"):
+        qdask.Simulator(client, qsim_options={"max_fused": 4})
+    with pytest.raises(TypeError, match="qsim_options must be a qsimcirq.QSimOptions or a dict"):
+        qdask.Sampler(client, qsim_options=4)
 
 
 def test_gate_on_7_qubits_is_refused_before_any_worker(client):
@@ -563,6 +578,7 @@ BEYOND_SAMPLE_CASES: dict[str, Callable[[], cirq.Circuit]] = {
                                          cirq.measure(*_qt, key="m")),
     "confusion-map": lambda: _confused,
     "gate-on-7-qubits": lambda: _gate7() + cirq.measure(*Q[:7], key="m"),
+    "controlled-gate-on-5-targets": lambda: _controlled5() + cirq.measure(*Q[:6], key="m"),
 }
 
 
@@ -608,6 +624,7 @@ BEYOND_STATE_CASES: dict[str, Callable[[], cirq.Circuit]] = {
     "classical-control": _feedback,
     "qutrits": lambda: cirq.Circuit(_Fourier3().on(_qt[0]), _Cycle3().on(_qt[1])),
     "gate-on-7-qubits": _gate7,
+    "controlled-gate-on-5-targets": _controlled5,
 }
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from dask.utils import format_bytes
 
-from qdask import config
+from qdask import _compat, config
 from qdask.quantum.validate import BackendMismatchError
 from qdask.worker.discovery import statevector_bytes
 
@@ -62,8 +62,9 @@ QSIMH = "qsimh"
 SERIAL_EQUIVALENT = ("qsim", "qsim-trajectories")
 #: Widest density matrix cirq's simulator is allowed (16**n bytes of complex64).
 DENSITY_MATRIX_MAX_QUBITS = 12
-#: qsim's widest gate (qsimcirq raises NotImplementedError above it).
+#: qsim's widest gate, and the most targets of a controlled gate (qsimcirq raises NotImplementedError above them).
 QSIM_MAX_GATE_QUBITS = 6
+QSIM_MAX_CONTROLLED_TARGETS = 4
 #: qsim option keys qdask sets from the backend (GPU or not), never from the caller's ``qsim_options``.
 _BACKEND_KEYS = ("g", "gmode")
 
@@ -168,7 +169,7 @@ def _qsim_settings(
     """(qsim module, option dict) of ``backend``'s simulator for these options; both only read."""
     opts = RunOptions(threads=threads, max_fused_gate_size=max_fused_gate_size, qsim_options=dict(qsim_options) or None)
     sim = backend()._simulator(opts)
-    return sim._sim_module, dict(sim.qsim_options)
+    return _compat.qsim_module_of(sim), dict(sim.qsim_options)
 
 
 def qsim_option_dict(opts: RunOptions, **backend: Any) -> dict[str, Any]:
@@ -324,7 +325,8 @@ class QSimTrajectoriesBackend(QSimBackend):
         sim = self._block_simulator(opts, qubit_order)
         # This block's trajectories: qsim seeds trajectory i of a call with seed + i.
         sim.qsim_options["r"] = opts.trajectories
-        sim._prng = SeedStream(opts.seeds[:1] + opts.first_trajectory) if opts.seeds is not None else np.random.RandomState()
+        prng = SeedStream(opts.seeds[:1] + opts.first_trajectory) if opts.seeds is not None else np.random.RandomState()
+        _compat.set_qsim_prng(sim, prng)
         values = sim.simulate_expectation_values(
             circuit,
             observables=observables,
@@ -341,7 +343,7 @@ class QSimTrajectoriesBackend(QSimBackend):
         checks every channel's Kraus operators), 40 trajectories' worth: a
         fresh simulator per block would spend the split's gain on it. A kept
         simulator with qsimcirq's own circuit memo translates each circuit
-        once per worker thread; only its seed (``_prng``, qsimcirq 0.22) and
+        once per worker thread; only its seed (``_compat.set_qsim_prng``) and
         trajectory count change between blocks. The memo matches circuits
         only, not the qubit order they were translated for: one simulator
         per order.
@@ -375,11 +377,16 @@ def qsim_limit(info: CircuitInfo) -> str | None:
         return "measurements with a confusion map (qsim cannot apply them; 'cirq' does)"
     if info.widest_op > QSIM_MAX_GATE_QUBITS:
         return f"a gate on {info.widest_op} qubits (qsim takes up to {QSIM_MAX_GATE_QUBITS}; 'cirq' runs it)"
+    if info.controlled_targets > QSIM_MAX_CONTROLLED_TARGETS:
+        return (
+            f"a controlled gate on {info.controlled_targets} target qubits "
+            f"(qsim takes up to {QSIM_MAX_CONTROLLED_TARGETS}; 'cirq' runs it)"
+        )
     return None
 
 
 class QSimGateTooWideError(BackendMismatchError, NotImplementedError):
-    """A gate on more qubits than qsim takes, asked of a qsim backend by name.
+    """A gate on more qubits than qsim takes (or a controlled gate on more targets), asked of a qsim backend by name.
 
     Also a ``NotImplementedError``, the type qsimcirq raises for it.
     """
@@ -387,7 +394,8 @@ class QSimGateTooWideError(BackendMismatchError, NotImplementedError):
 
 def mismatch_type(name: str, info: CircuitInfo) -> type[BackendMismatchError]:
     """The error for a circuit the backend ``name`` refuses: of qsim's own type where qsimcirq has one."""
-    if name.startswith("qsim") and info.widest_op > QSIM_MAX_GATE_QUBITS:
+    too_wide = info.widest_op > QSIM_MAX_GATE_QUBITS or info.controlled_targets > QSIM_MAX_CONTROLLED_TARGETS
+    if name.startswith("qsim") and too_wide:
         return QSimGateTooWideError
     return BackendMismatchError
 
@@ -489,12 +497,10 @@ class StimBackend:
     def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
         # stimcirq.StimSampler takes no seed; its converter (same one it uses)
         # plus stim's seeded sampler makes the samples reproducible.
-        from stimcirq._cirq_to_stim import cirq_circuit_to_stim_data
-
         noisy = _on_noisy_device(circuit, repetitions, opts)
         if noisy is not None:
             return noisy
-        stim_circuit, key_ranges = cirq_circuit_to_stim_data(circuit, flatten=True)
+        stim_circuit, key_ranges = _compat.stim_circuit_data(circuit)
         samples = stim_circuit.compile_sampler(seed=opts.first_seed).sample(repetitions)
         lengths: dict[str, int] = {}
         columns: dict[str, list[int]] = {}
