@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Bounded suite for 2 cores; `make test-all` adds the slow soak/chaos tests.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench docs clean qsim-gpu gpu-sdists gpu-wheels
+.PHONY: demo test test-all test-compat bench docs clean qsim-gpu gpu-sdists gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,27 @@ test-all: $(VENV)/.stamp-test
 bench: $(VENV)/.stamp-test
 	$(PY) benchmarks/run_all.py
 
+# --- compatibility (qdask/_compat.py) -----------------------------------------
+# A second venv with the newest dask, distributed and qsimcirq the index serves
+# (past qdask's own pins: pip warns about them and installs anyway), then the
+# canaries of every private Dask/qsimcirq behaviour qdask relies on and the
+# core tests. Another stack: `make test-compat COMPAT_DEPS="distributed==2026.7.1 dask==2026.7.1"`.
+COMPAT_VENV  := .venv-compat
+COMPAT_PY    := $(COMPAT_VENV)/bin/python
+COMPAT_PIP   := $(COMPAT_PY) -m pip --disable-pip-version-check -q
+COMPAT_DEPS  ?= dask distributed qsimcirq
+COMPAT_TESTS ?= tests/test_compat.py tests/test_quantum_units.py tests/test_config.py tests/test_quantum.py
+
+$(COMPAT_PY):
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PIP) install --upgrade "pip>=24" setuptools wheel
+
+test-compat: | $(COMPAT_PY)
+	$(COMPAT_PIP) install -e ".[clifford]" "pytest>=8" "pytest-timeout>=2.3" "jsonschema>=4.20"
+	$(COMPAT_PIP) install --upgrade $(COMPAT_DEPS)
+	@$(COMPAT_PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('dask', 'distributed', 'qsimcirq', 'cirq-core', 'bokeh', 'tornado')))"
+	$(COMPAT_PY) -m pytest -m "not slow" $(PYTEST_ARGS) $(COMPAT_TESTS)
+
 $(VENV)/.stamp-docs: pyproject.toml | $(PY)
 	$(PIP) install -e ".[docs]"
 	touch $@ $(VENV)/.stamp-base
@@ -46,7 +67,7 @@ docs: $(VENV)/.stamp-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build dist *.egg-info .pytest_cache
 
 # --- GPU (docs/gpu.md) --------------------------------------------------------
 # `.whl/` is git-ignored: what the lent GPU machine needs travels there
