@@ -188,7 +188,9 @@ def test_network_errors_failed_comm_and_lost_transfer(qc, client, events):
 )
 def test_quantum_errors_name_the_circuit_and_their_cause(qc, client, events, error, cause):
     q = cirq.LineQubit(0)
-    bad = cirq.Circuit(FailingGate(error).on(q), cirq.measure(q, key="m"))
+    # Measured mid-circuit: workers simulate the cirq gate itself (a circuit measured only at
+    # the end travels in its compact form, its gates translated on the client).
+    bad = cirq.Circuit(cirq.measure(q, key="pre"), FailingGate(error).on(q), cirq.measure(q, key="m"))
     circuits = [random_circuit(3, s) for s in range(3)] + [bad]
     before = qc.error_statistics().quantum_errors
     # The circuit's own error type reaches the caller (a qdask.BatchError with the 3 other results).
