@@ -590,6 +590,17 @@ def test_beyond_qsim_samples_equal_cirq(client, case):
     assert got == _cirq_ref().run(c, repetitions=200)
 
 
+def test_beyond_qsim_runs_at_optimization_level_none_too(client):
+    # "none" picks only what a serial QSimSimulator would, and cirq's simulator where qsim cannot run it.
+    sim = qdask.Simulator(client, seed=SEED)
+    sim.engine.optimization_level = "none"
+    got = sim.run(_feedback(), repetitions=50)
+    assert got.metadata["backend"] == "cirq" and got == _cirq_ref().run(_feedback(), repetitions=50)
+    state = qdask.Simulator(client, seed=SEED)
+    state.engine.optimization_level = "none"
+    assert state.simulate(BEYOND_STATE_CASES["measured-superposition"]()).measurements.keys() == {"m"}
+
+
 def test_classical_control_is_sampled_correctly_at_scale(client):
     """Feedback X on a measured 1 copies the bit: b == a on every shot, a fair coin, over many circuits."""
     circuits = [_feedback()] * 20

@@ -58,8 +58,9 @@ WORKS = ("sample", "state", "expectation", "amplitudes")
 #: Schrödinger-Feynman amplitudes (qdask.hybrid.schrodinger_feynman).
 QSIMH = "qsimh"
 #: What "auto" may pick without automatic backend choice (optimization_level="none"):
-#: the backends a serial ``qsimcirq.QSimSimulator`` uses.
-SERIAL_EQUIVALENT = ("qsim", "qsim-trajectories")
+#: the backends a serial ``qsimcirq.QSimSimulator`` uses, and cirq's simulator for
+#: what qsim cannot run or return (classical control, qudits, measurement values of simulate).
+SERIAL_EQUIVALENT = ("qsim", "qsim-trajectories", "cirq")
 #: Widest density matrix cirq's simulator is allowed (16**n bytes of complex64).
 DENSITY_MATRIX_MAX_QUBITS = 12
 #: qsim's widest gate, and the most targets of a controlled gate (qsimcirq raises NotImplementedError above them).
