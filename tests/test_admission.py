@@ -126,6 +126,42 @@ def test_single_circuit_and_submit_raise_the_circuits_type(cluster2):
         sampler.submit(bad, repetitions=10).result()
 
 
+def _load_gate_missing_on_workers():
+    from test_fault_units import on_worker
+
+    if on_worker():
+        raise ModuleNotFoundError("No module named 'lab_gates'")
+    return GateMissingOnWorkers()
+
+
+class GateMissingOnWorkers(cirq.Gate):
+    """An X gate whose class workers cannot import (as when it lives in a module only the client has)."""
+
+    def _num_qubits_(self):
+        return 1
+
+    def _unitary_(self):
+        return np.array([[0, 1], [1, 0]], dtype=complex)
+
+    def __reduce__(self):
+        return _load_gate_missing_on_workers, ()
+
+
+def test_a_chunk_that_fails_whole_is_rerun_circuit_by_circuit(cluster2):
+    # The chunk cannot even be loaded on a worker, so no circuit of it ran: each
+    # runs as a task of its own, and only the one with the missing gate fails.
+    circuits = small_circuits(8)
+    circuits[5] = with_measure(GateMissingOnWorkers().on(Q))
+    sampler = qdask.Sampler(cluster2.get_client(), seed=6, simulator="qsim")
+    with pytest.raises(ModuleNotFoundError, match="lab_gates") as info:
+        sampler.run_batch(circuits, repetitions=20)
+    assert sorted(info.value.errors) == [5] and sorted(info.value.results) == [0, 1, 2, 3, 4, 6, 7]
+    ref = qsimcirq.QSimSimulator(seed=6).run_batch(circuits, repetitions=20)
+    for i, result in info.value.results.items():
+        assert np.array_equal(result.records["m"], ref[i][0].records["m"]), i
+    assert sampler.engine.last.tasks < 8  # the circuits were packed: the chunk did fail whole
+
+
 def test_unpicklable_worker_error_still_reaches_the_caller():
     class Odd(Exception):
         def __init__(self, a, b):

@@ -19,6 +19,7 @@ import cirq
 import dask
 import numpy as np
 from distributed import Client, Future, as_completed
+from distributed.scheduler import KilledWorker
 
 from qdask.fault import client as fault
 from qdask.fault.batch import BatchGuard
@@ -237,7 +238,9 @@ class Engine:
         is raised (an instance of the failures' type where they share one),
         with the finished circuits' results (``assemble(job, task_results)``
         of each, or the task results themselves) in ``.results``; with fault
-        tolerance on they are checkpointed first.
+        tolerance on they are checkpointed first. A chunk that fails as a
+        whole (it could not be loaded on the worker) is run again one task
+        per circuit, so only the circuits at fault fail.
         """
         by_index: dict[int, list[TaskResult]] = defaultdict(list)
         errors: dict[int, BaseException] = {}
@@ -258,6 +261,11 @@ class Engine:
                     chunk = chunk_of.get(fut.key) or (guard.chunk(fut.key) if guard is not None else None)
                     if chunk is None:
                         raise
+                    if len(chunk.tasks) > 1 and not isinstance(e, KilledWorker):
+                        # E.g. a gate class a worker cannot import: each circuit alone, so the rest still run.
+                        for single in self._resubmit_singly(sub, chunk, futures):
+                            chunk_of[single[0].key] = single[1]
+                        continue
                     e.add_note(f"qdask: task {fut.key} of circuits {sorted({t.index for t in chunk.tasks})} failed")
                     errors.update((t.index, e) for t in chunk.tasks)
                     continue
@@ -291,6 +299,18 @@ class Engine:
             done = {i: (assemble(jobs[i], r) if assemble is not None else r) for i, r in by_index.items()}
             raise BatchError.of(done, errors, FIX)
         return by_index
+
+    def _resubmit_singly(self, sub: Submission, chunk: Chunk, futures: as_completed) -> list[tuple[Future, Chunk]]:
+        """Run each task of a failed chunk as a task of its own (added to ``futures``), at the batch's priority."""
+        out = []
+        for task in chunk.tasks:
+            single = Chunk([task], chunk.est_seconds / len(chunk.tasks), chunk.memory, chunk.qubits, chunk.route)
+            fut = self._submit_chunk(run_chunk, single, dump_tasks([task]), task.work, sub.priority)
+            futures.add(fut)
+            sub.futures.append(fut)  # held until the batch is collected
+            out.append((fut, single))
+        logger.info("a chunk of %d circuits failed as a whole; running them one task each", len(chunk.tasks))
+        return out
 
     def collect_async(
         self, sub: Submission, assemble: Callable[[Job, list[TaskResult]], Any] | None = None
