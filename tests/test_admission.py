@@ -162,6 +162,19 @@ def test_a_chunk_that_fails_whole_is_rerun_circuit_by_circuit(cluster2):
     assert sampler.engine.last.tasks < 8  # the circuits were packed: the chunk did fail whole
 
 
+def test_simulator_errors_keep_their_type_too(cluster2):
+    q = cirq.LineQubit.range(2)
+    good = cirq.Circuit(cirq.H(q[0]), cirq.CNOT(*q))
+    bad = cirq.Circuit(cirq.H(q[0]), FailingGate(ValueError("no unitary here")).on(q[1]))
+    sim = qdask.Simulator(cluster2.get_client())
+    with pytest.raises(ValueError, match="circuit 0: ValueError: no unitary here") as info:
+        sim.simulate_sweep(good + bad, [{}])  # one program: reaches the gate on the worker
+    assert isinstance(info.value, BatchError)
+    with pytest.raises(ValueError) as both:
+        sim.simulate_expectation_values_sweep(bad, [cirq.Z(q[0])], [{}, {}])
+    assert sorted(both.value.errors) == [0, 1] and not both.value.results
+
+
 def test_unpicklable_worker_error_still_reaches_the_caller():
     class Odd(Exception):
         def __init__(self, a, b):
