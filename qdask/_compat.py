@@ -52,12 +52,15 @@ __all__ = [
     "qsim_module_of",
     "refresh_unrunnable",
     "restore_worker_objective",
+    "set_no_workers_timeout",
     "set_qsim_prng",
     "set_stealing_interval",
     "set_suspicious",
     "shadow_worker_objective",
     "stim_circuit_data",
     "style_dashboard_doc",
+    "user_priority",
+    "with_priority",
 ]
 
 # == distributed: the scheduler ======================================================
@@ -112,6 +115,41 @@ def shadow_worker_objective(scheduler: Scheduler, objective: Callable[[TaskState
 def restore_worker_objective(scheduler: Scheduler) -> None:
     """Undo :func:`shadow_worker_objective` (idempotent)."""
     scheduler.__dict__.pop("worker_objective", None)
+
+
+# ``TaskState.priority`` is ``(-user priority, generation, graph order)``: the
+# generation counts ``update_graph`` calls (later graphs run after earlier
+# ones at equal user priority), smaller tuples run first. qdask rewrites it in
+# ``update_graph`` (before the task is queued: heap keys are fixed after) to
+# put recovered chunks first and long circuits first. Read in 2026.7.1.
+
+
+def user_priority(ts: TaskState) -> int:
+    """The ``priority=`` ``ts`` was submitted with (0 when it has none yet)."""
+    return -int(ts.priority[0]) if ts.priority else 0
+
+
+def with_priority(
+    priority: tuple, *, user: float | None = None, generation: float | None = None, order: float | None = None
+) -> tuple:
+    """``priority`` (a ``TaskState.priority``) with its user priority, generation or graph order replaced."""
+    first, second, *rest = priority
+    return (
+        first if user is None else -user,
+        second if generation is None else generation,
+        *(rest if order is None else (order, *rest[1:])),
+    )
+
+
+# ``Scheduler.no_workers_timeout`` (seconds or None) is read from
+# ``distributed.scheduler.no-workers-timeout`` in ``__init__`` and checked by
+# ``periodic_callbacks["no-workers-timeout"]`` (always running) every 250 ms:
+# setting it on a running scheduler takes effect. Read in 2026.7.1.
+
+
+def set_no_workers_timeout(scheduler: Scheduler, seconds: float | None) -> None:
+    """Make tasks no worker can run err after ``seconds`` in "no-worker" (None: wait forever)."""
+    scheduler.no_workers_timeout = seconds
 
 
 # ``Scheduler._get_prefix_duration(prefix)``: the prefix's average duration,

@@ -93,26 +93,41 @@ def test_worker_death_adds_one_to_suspicious_and_allowed_failures_compares_it(cr
     run()
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[("127.0.0.1", 1)],
-    config={"distributed.scheduler.no-workers-timeout": "400ms"},
-)
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], config={"distributed.scheduler.no-workers-timeout": None})
 async def test_refreshing_unrunnable_restarts_the_no_workers_timeout(c, s, a):
-    """``Scheduler.unrunnable`` is {task: time}, timed out in insertion order; re-inserting restarts the clock."""
+    """``Scheduler.unrunnable`` is {task: time}, timed out in insertion order; re-inserting restarts the clock.
+
+    The timeout is set on the running scheduler, as qdask's placement does.
+    """
+    _compat.set_no_workers_timeout(s, 1.0)
     fut = c.submit(int, 1, key="unrunnable-canary", resources={"NOWHERE": 1})
     await _until(lambda: "unrunnable-canary" in s.tasks and s.tasks["unrunnable-canary"].state == "no-worker")
     ts = s.tasks["unrunnable-canary"]
     canary(isinstance(s.unrunnable, dict) and ts in s.unrunnable, "distributed",
            "keeps no-worker tasks in the dict Scheduler.unrunnable", "holding recovered chunks for manual recovery")
-    for _ in range(10):  # 1 s, well past the timeout
+    for _ in range(50):  # 2.5 s, well past the timeout
         _compat.refresh_unrunnable(s, ts)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     canary(ts.state == "no-worker", "distributed",
            "restarts a task's no-workers-timeout when it is re-inserted in Scheduler.unrunnable",
            "keeping held chunks clear of no-workers-timeout")
-    await _until(lambda: ts.state == "erred", timeout=3)  # left alone, it times out as Dask says
+    await _until(lambda: ts.state == "erred", timeout=10)  # left alone, it times out as Dask says
     del fut
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_priority_is_user_generation_order(c, s, a):
+    """``TaskState.priority`` is ``(-user priority, generation, graph order)``; each graph a later generation."""
+    first = c.submit(int, 1, key="priority-1", priority=3, resources={"NOWHERE": 1}, fifo_timeout=0)
+    await _until(lambda: "priority-1" in s.tasks)
+    second = c.submit(int, 2, key="priority-2", priority=3, resources={"NOWHERE": 1}, fifo_timeout=0)
+    await _until(lambda: {"priority-1", "priority-2"} <= set(s.tasks))
+    one, two = s.tasks["priority-1"], s.tasks["priority-2"]
+    canary(len(one.priority) == 3 and _compat.user_priority(one) == 3 and one.priority[1] < two.priority[1],
+           "distributed", f"orders tasks by (-user priority, generation, order) (got {one.priority}, {two.priority})",
+           "running recovered chunks and long circuits first")
+    assert _compat.with_priority(one.priority, generation=-1) < two.priority
+    del first, second
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1, {"resources": {"R": 1}})] * 2)

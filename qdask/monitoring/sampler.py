@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
+from qdask import _compat
 from qdask import config as qconfig
 from qdask.config import MonitoringConfig, parse_duration
 from qdask.monitoring import aggregate, analysis, prometheus
@@ -62,8 +63,7 @@ def _priority(ts: TaskState, ann: dict[str, Any]) -> int:
     p = ann.get("priority")
     if isinstance(p, (int, float)) and not isinstance(p, bool):
         return int(p)
-    # Dask's own priority tuple starts with minus the user priority.
-    return -int(ts.priority[0]) if ts.priority else 0
+    return _compat.user_priority(ts)
 
 
 def worker_resources(ws: WorkerState) -> dict[str, float]:

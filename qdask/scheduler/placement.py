@@ -13,7 +13,8 @@ set priorities and restrictions and before any task is transitioned:
    generation, circuit tasks are ordered longest estimate first
    (largest-processing-time order keeps the makespan near the lower bound).
 3. **Durations.** qdask circuit tasks are keyed by a factor-of-two cost class
-   (``qdask_sample_c7-<id>``), so Dask learns an average duration per class;
+   and width (``qdask_sample_16q_13ms-<id>``: 13 ms is class 7's lower bound,
+   see ``Chunk.task_name``), so Dask learns an average duration per class;
    before it has measured a class, its average is seeded with the cost
    model's estimate. Placement (occupancy) and work stealing then balance by
    circuit cost instead of by task count.
@@ -136,7 +137,8 @@ class Placement:
         self._prune_at = PRUNE_AT
         self._objective = _compat.shadow_worker_objective(scheduler, self.worker_objective)
         if scheduler.no_workers_timeout is None:
-            scheduler.no_workers_timeout = config.parse_duration(config.get("scheduler.no-worker-timeout"))
+            timeout = config.parse_duration(config.get("scheduler.no-worker-timeout"))
+            _compat.set_no_workers_timeout(scheduler, timeout)
 
     def close(self) -> None:
         _compat.restore_worker_objective(self.scheduler)
@@ -154,10 +156,10 @@ class Placement:
                 if extra:
                     ts.resource_restrictions = {**(ts.resource_restrictions or {}), **extra}
                 if "priority" in meta and ts.priority:
-                    ts.priority = (-resolve_priority(meta["priority"]), *ts.priority[1:])
+                    ts.priority = _compat.with_priority(ts.priority, user=resolve_priority(meta["priority"]))
             else:
                 if ts.priority:
-                    ts.priority = (ts.priority[0], ts.priority[1], -float(meta.get("est_seconds", 0.0)))
+                    ts.priority = _compat.with_priority(ts.priority, order=-float(meta.get("est_seconds", 0.0)))
                 if self._pullable(ts.resource_restrictions, meta):
                     if len(self.pulled) >= self._prune_at:
                         self._prune()
