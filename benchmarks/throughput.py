@@ -13,6 +13,9 @@ shape (flood, mixed); qdask runs ``Sampler.run_batch`` / ``run_sweep``. Every
 peer's time is the best of ``--repeats`` runs after a warm-up run, serial and
 qdask taking turns (a shared machine's speed drifts by tens of percent within
 minutes); each round's qdask/bound ratio is printed too, with their median.
+Runs after the first reuse what the first one analysed, encoded and built
+(the same circuits sent again); the "cold" peer (flood, sweep) sends fresh
+copies to workers that forgot their built circuits each time.
 
 For qdask the per-stage breakdown (``qdask.quantum.qsim_fast.STAGES``, median
 over the rounds): client planning (of which analysis and compact encoding),
@@ -120,25 +123,33 @@ def qsim_capacity(circuits: list[cirq.Circuit], reps: int, processes: int) -> fl
 
 
 class QdaskRun:
-    """Runs a workload as one ``Sampler`` call at optimization ``level``; keeps each run's stage seconds."""
+    """Runs a workload as one ``Sampler`` call at optimization ``level``; keeps each run's stage seconds.
+
+    ``cold``: every run sends copies of the circuits (new objects: analysed
+    and encoded again on the client; their gates are the same objects) to
+    workers that forgot the circuits they built, as a batch sent for the first time.
+    """
 
     def __init__(self, qc: QuantumCluster, circuits: list[cirq.Circuit], points: list[cirq.ParamResolver] | None,
-                 reps: int, level: str = "basic") -> None:
+                 reps: int, level: str = "basic", cold: bool = False) -> None:
         self.client = qc.get_client()
         self.sampler = qdask.Sampler(self.client, seed=1)
         self.sampler.engine.optimization_level = level
-        self.circuits, self.points, self.reps = circuits, points, reps
+        self.circuits, self.points, self.reps, self.cold = circuits, points, reps, cold
         self.stages: list[dict[str, float]] = []
         self.paths: set[str] = set()
 
     def __call__(self) -> float:
+        circuits = [c.copy() for c in self.circuits] if self.cold else self.circuits
+        if self.cold:
+            self.client.run(qsim_fast.forget_built)
         qsim_fast.take_stages()
         self.client.run(qsim_fast.take_stages)
         t0 = time.perf_counter()
         if self.points is not None:
-            results = self.sampler.run_sweep(self.circuits[0], self.points, repetitions=self.reps)
+            results = self.sampler.run_sweep(circuits[0], self.points, repetitions=self.reps)
         else:
-            results = [r[0] for r in self.sampler.run_batch(self.circuits, repetitions=self.reps)]
+            results = [r[0] for r in self.sampler.run_batch(circuits, repetitions=self.reps)]
         seconds = time.perf_counter() - t0
         self.paths = {r.metadata["path"] for r in results}
         stages = {f"client {k}": v for k, v in qsim_fast.take_stages().items()}
@@ -179,12 +190,13 @@ def main() -> None:
             peers: list[Callable[[], float]] = [lambda: serial(circuits, reps, points), QdaskRun(qc, circuits, points, reps)]
             if name == "mixed":
                 peers.append(QdaskRun(qc, circuits, points, reps, level="aggressive"))
+            else:
+                peers.append(QdaskRun(qc, circuits, points, reps, cold=True))
             # Serial and qdask take turns, each the best of its runs after a warm-up.
             times = turns(peers, args.repeats)
             row: dict[str, Any] = {"workload": name, "circuits": len(points or circuits), "reps": reps,
                                    "serial": times[0], "qdask": times[1], "run": peers[1]}
-            if name == "mixed":
-                row["aggressive"] = times[2]
+            row["aggressive" if name == "mixed" else "cold"] = times[2]
             if points is None:
                 probe = circuits[: max(1, len(circuits) // 10)] if name == "flood" else [max(circuits, key=lambda c: len(c.all_qubits()))]
                 row["capacity"] = qsim_capacity(probe, reps, cores)
@@ -213,6 +225,9 @@ def main() -> None:
         line = f"{r['workload']:6} q/bound " + " ".join(f"{x:.2f}" for x in ratios) + f"  median {statistics.median(ratios):.2f}"
         if "plain" in r:
             line += "   plain/q " + " ".join(f"{p / min(r['qdask']):.1f}" for p in r["plain"])
+        if "cold" in r:
+            cold = [c / (s / cores) for s, c in zip(r["serial"], r["cold"])]
+            line += "   cold/bound " + " ".join(f"{x:.2f}" for x in cold) + f"  median {statistics.median(cold):.2f}"
         if "aggressive" in r:
             agg = [a / (s / cores) for s, a in zip(r["serial"], r["aggressive"])]
             line += "   aggressive/bound " + " ".join(f"{x:.2f}" for x in agg) + f"  median {statistics.median(agg):.2f}"
@@ -222,7 +237,8 @@ def main() -> None:
     print("\nqdask stages (metadata path: " + ", ".join(f"{r['workload']} {sorted(r['run'].paths)}" for r in rows) + ")")
     for r in rows:
         print(f"{r['workload']:6} {r['run'].breakdown(cores)}")
-    print("qdask: default optimization level (basic: seeded samples equal serial qsimcirq's). capacity: speed-up of "
+    print("qdask: default optimization level (basic: seeded samples equal serial qsimcirq's); cold: each run with "
+          "copies of the circuits, the workers' built circuits forgotten. capacity: speed-up of "
           f"{cores} concurrent serial qsim runs over one on this machine now ({cores} = ideal; below it the bound is "
           "out of reach for any scheduler).")
 

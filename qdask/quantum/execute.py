@@ -31,7 +31,7 @@ from qdask.fault.worker import begin_chunk, report_quantum_error
 from qdask.quantum import backends as bk
 from qdask.quantum.errors import TaskFailure, raise_failures
 from qdask.quantum.plan import Task
-from qdask.quantum.qsim_fast import CompactCircuit, stage
+from qdask.quantum.qsim_fast import CompactCircuit, stage, tally
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ def _compute(backend: Any, task: Task, circuit: cirq.AbstractCircuit, opts: bk.R
     """The task's work on ``backend``: packed records, a state, expectation values or amplitudes."""
     if task.work == "sample" and isinstance(circuit, CompactCircuit):
         records = backend.sample_compact(circuit, task.gates, task.resolver, task.repetitions, opts)
-        with stage("pack"):
-            return pack_records(records, binary=True)
+        t0 = time.perf_counter()
+        packed = pack_records(records, binary=True)
+        tally(pack=time.perf_counter() - t0)
+        return packed
     if task.work == "sample":
         return pack_records(backend.sample(circuit, task.repetitions, opts))
     if task.work == "state":

@@ -65,8 +65,13 @@ def stage(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        with _STAGES_LOCK:
-            STAGES[name] += time.perf_counter() - t0
+        tally(**{name: time.perf_counter() - t0})
+
+
+def tally(**seconds: float) -> None:
+    """Add ``seconds`` per stage to :data:`STAGES` (per circuit: a context manager costs ~3 us)."""
+    with _STAGES_LOCK:
+        STAGES.update(seconds)
 
 
 def take_stages() -> dict[str, float]:
@@ -213,8 +218,8 @@ class CompactCircuit:
         qsim's numbering (reversed default order); the smallest int dtype
         that holds them.
     measurements : tuple
-        ``(key, columns, invert)`` per key: int arrays (instances, width) of
-        the measured qubits' positions in the default order, and invert masks.
+        ``(key, shifts, invert)`` per key: arrays (instances, width) of where
+        each measured qubit's bit sits in qsim's shots, and invert masks.
     gates : numpy.ndarray
         The distinct table indices in ``ops``.
     parameterized : bool
@@ -318,7 +323,8 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
         num_qubits=n,
         ops=flat,
         measurements=tuple(
-            (key, np.asarray(cols, dtype=np.intp), np.asarray(inverts, dtype=np.int8))
+            # Bit n-1-j of a qsim shot is the j-th qubit of the default order.
+        (key, (n - 1 - np.asarray(cols, dtype=np.int64)).astype(np.uint64), np.asarray(inverts, dtype=np.int8))
             for key, (cols, inverts) in measured.items()
         ),
         gates=gates.astype(np.int32),
@@ -406,6 +412,12 @@ def _load_table(blob: bytes) -> GateTable:
                     older.built_ints = 0
             table = _TABLES[blob] = GateTable(pickle.loads(blob), blob)
         return table
+
+
+def forget_built() -> None:
+    """Drop the tables and built qsim circuits this worker keeps (``benchmarks/throughput.py`` times cold runs)."""
+    with _TABLES_LOCK:
+        _TABLES.clear()
 
 
 def attach_gates(tasks: list[Any]) -> None:
@@ -518,10 +530,11 @@ def _build(compact: CompactCircuit, adders: dict[int, tuple[int, Callable[[int, 
 
 def records(raw: Any, compact: CompactCircuit) -> dict[str, np.ndarray]:
     """int8 records (repetitions, instances, width) per key from ``qsim_sample_final``'s shots."""
-    # Bit n-1-j of a shot is the j-th qubit of the default order.
-    shifts = np.arange(compact.num_qubits - 1, -1, -1, dtype=np.uint64)
-    bits = ((np.asarray(raw, dtype=np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.int8)
-    return {key: bits[:, cols] ^ invert for key, cols, invert in compact.measurements}
+    shots = np.asarray(raw, dtype=np.uint64)[:, None, None]
+    return {key: ((shots >> shifts) & _ONE).astype(np.int8) ^ invert for key, shifts, invert in compact.measurements}
+
+
+_ONE = np.uint64(1)
 
 
 def sample(
@@ -540,12 +553,14 @@ def sample(
     ``QSimSimulator``'s, see ``backends._qsim_settings``) and the prescribed
     seed serves every repetition.
     """
-    with stage("decode"):
-        circuit = build(compact, table, resolver)
-    with stage("qsim"):
-        raw = module.qsim_sample_final({**options, "c": circuit, "s": seed}, repetitions)
-    with stage("pack"):
-        return records(raw, compact)
+    t0 = time.perf_counter()
+    circuit = build(compact, table, resolver)
+    t1 = time.perf_counter()
+    raw = module.qsim_sample_final({**options, "c": circuit, "s": seed}, repetitions)
+    t2 = time.perf_counter()
+    out = records(raw, compact)
+    tally(decode=t1 - t0, qsim=t2 - t1, pack=time.perf_counter() - t2)
+    return out
 
 
 def sample_circuit(
