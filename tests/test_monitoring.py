@@ -441,6 +441,10 @@ def test_exposition_follows_the_naming_conventions_and_counts_circuits(cluster2)
     q = cirq.LineQubit.range(3)
     circuits = [cirq.Circuit(cirq.H.on_each(*q), cirq.measure(*q, key="m")) for _ in range(5)]
     Sampler(cluster2.get_client(), seed=1, progress=False).run_batch(circuits, repetitions=10)
+    # Dask's pages group tasks by prefix: readable kind, width and expected duration.
+    prefixes = set(cluster2.cluster.scheduler.task_prefixes)
+    assert any(re.fullmatch(r"qdask_sample_3q_\d+(\.\d)?(us|ms|s)", p) for p in prefixes), prefixes
+    assert not any(re.fullmatch(r"qdask_\w+_c\d+", p) for p in prefixes), prefixes
     # The stand-in circuit tasks of the other tests count too: "kind" other.
     with dask.annotate(qdask=annotation()):
         cluster2.get_client().submit(inc, 1, key="stand-in-1", pure=False).result()

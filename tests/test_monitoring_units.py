@@ -62,7 +62,7 @@ def sample(t: float, workers: dict, interval: float = 0.1, **tasks) -> dict:
         "workers": workers,
         "total": totals(workers.values()),
         "tasks": {"states": {}, "circuits_ready": 0, "circuits_by_priority": {}, "finished": 0, "erred": 0,
-                  "compute": 0.0, "transfer": 0.0, **tasks},
+                  "compute": 0.0, "transfer": 0.0, "groups": {}, **tasks},
     }
 
 
@@ -307,8 +307,8 @@ def test_trace_is_valid_json_with_one_lane_per_worker_thread(tmp_path):
 def test_a_flood_of_one_circuit_tasks_after_heavy_work_is_found_per_group():
     # 10 heavy circuit tasks of 2 s, then 300 one-circuit tasks of 0.5 ms (one Sampler.submit each):
     # the window's mean task (65 ms) is far above tiny-task (10 ms), the flood's own mean is not.
-    heavy = {"qdask_sample_c14": {"finished": 10, "compute": 20.0, "circuits": 40}}
-    flood = {"qdask_sample_c0": {"finished": 100, "compute": 0.05, "circuits": 100}}
+    heavy = {"qdask_sample_20q_1.6s": {"finished": 10, "compute": 20.0, "circuits": 40}}
+    flood = {"qdask_sample_4q_100us": {"finished": 100, "compute": 0.05, "circuits": 100}}
     samples = [sample(1000.0 + i, {"a": busy(), "b": busy()}, interval=1.0, finished=10, compute=20.0,
                       groups=heavy) for i in range(2)]
     samples += [sample(1002.0 + i, {"a": busy(), "b": busy()}, interval=1.0, finished=100, compute=0.05,
@@ -318,9 +318,9 @@ def test_a_flood_of_one_circuit_tasks_after_heavy_work_is_found_per_group():
     assert rules_fired([{**s, "tasks": {**s["tasks"], "groups": {}}} for s in samples]) == []
     (b,) = analyze(samples).bottlenecks
     assert b.rule == "scheduler-bound"
-    assert b.evidence["group"] == "qdask_sample_c0" and b.evidence["finished"] == 300
+    assert b.evidence["group"] == "qdask_sample_4q_100us" and b.evidence["finished"] == 300
     assert b.evidence["circuits_per_task"] == 1.0
-    assert "300 qdask_sample_c0 tasks (1 circuit(s) each)" in b.message
+    assert "300 qdask_sample_4q_100us tasks (1 circuit(s) each)" in b.message
     assert "sampler.run_batch(circuits" in b.recommendation and "Sampler.submit" in b.recommendation
 
 

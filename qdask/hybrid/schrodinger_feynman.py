@@ -427,7 +427,7 @@ def submit_paths(
                     int(a),
                     int(b),
                     threads,
-                    key=f"qdask_paths_{chunk.cost_class}-{uuid.uuid4().hex}",
+                    key=f"{chunk.task_name('paths')}-{uuid.uuid4().hex}",
                     resources=chunk.resources(),
                     priority=priority,
                     pure=False,

@@ -33,20 +33,21 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 def work_kind(key: Hashable) -> str:
     """What a circuit task computes (``sample``, ``simulate``, ...), from its key.
 
-    Keys are ``qdask_<work>_<cost class>-<id>`` (``qdask.quantum.engine``);
-    anything else is ``"other"``.
+    Keys are ``qdask_<work>_<qubits>q_<duration>-<id>``
+    (:meth:`qdask.quantum.plan.Chunk.task_name`); anything else is ``"other"``.
 
     Examples
     --------
-    >>> work_kind("qdask_sample_c6-0123abcd")
+    >>> work_kind("qdask_sample_16q_6.4ms-0123abcd")
     'sample'
     >>> work_kind("inc-0123abcd")
     'other'
     """
     parts = key_split(key).split("_")
-    if len(parts) >= 3 and parts[0] == "qdask":
-        return "_".join(parts[1:-1])
-    return "other"
+    if parts[0] != "qdask":
+        return "other"
+    width = next((i for i, p in enumerate(parts) if i > 1 and p[:-1].isdigit() and p.endswith("q")), None)
+    return "_".join(parts[1:width]) if width is not None else "other"
 
 
 class CircuitCounters(SchedulerPlugin):

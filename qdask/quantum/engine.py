@@ -216,7 +216,7 @@ class Engine:
         return sub
 
     def _submit_chunk(self, run: Callable[[bytes], Any], chunk: Chunk, blob: bytes, work: str, priority: int) -> Future:
-        key = f"qdask_{work}_{chunk.cost_class}-{uuid.uuid4().hex}"
+        key = f"{chunk.task_name(work)}-{uuid.uuid4().hex}"  # e.g. qdask_sample_16q_6.4ms-<id> on Dask's pages
         with dask.annotate(**{ANNOTATION: chunk.annotation(priority)}):
             return self.client.submit(
                 run,

@@ -160,6 +160,24 @@ class Chunk:
         durations per bucket instead of one average for every circuit."""
         return f"c{max(0, int(math.log2(max(self.est_seconds, 1e-4) / 1e-4)))}"
 
+    def task_name(self, work: str) -> str:
+        """Prefix of the chunk's task key, as Dask's pages show it: ``qdask_sample_16q_6.4ms``.
+
+        The kind of work, the widest circuit and the cost class as the
+        duration it stands for (its lower bound, 0.1 ms x 2**class). Dask
+        groups and learns durations per prefix (``key_split``), so the prefix
+        keeps the cost class. Underscores, not hyphens: ``key_split`` keeps
+        only alphabetic words after a hyphen ("qdask-sample-16q" would show
+        as "qdask-sample").
+        """
+        seconds = 1e-4 * 2 ** int(self.cost_class[1:])
+        for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+            if seconds >= scale or unit == "us":
+                value = seconds / scale
+                text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".rstrip("0").rstrip(".")
+                return f"qdask_{work}_{self.qubits}q_{text}{unit}"
+        raise AssertionError("unreachable")
+
 
 #: Seed draws of one job above which they travel as a :class:`SeedRange`, drawn where they are used.
 LAZY_SEEDS = 2**16
