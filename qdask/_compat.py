@@ -100,8 +100,9 @@ def refresh_unrunnable(scheduler: Scheduler, ts: TaskState) -> None:
 # ``Scheduler.worker_objective(ts, ws)`` ranks the valid workers of a
 # restricted or non-root-ish task; ``decide_worker_non_rootish`` and
 # ``decide_worker_rootish_queuing_disabled`` look it up on the instance each
-# time, so an instance attribute shadows the method (dask/distributed has no
-# placement hook; DASK_NOTES). It returns ``(start_time, nbytes)``, or
+# time, so an instance attribute shadows the method (distributed has no
+# placement hook for plugins: dask/distributed#7900, open, asks for a custom
+# scheduler; #4864 short-circuits decide_worker in a plugin). It returns ``(start_time, nbytes)``, or
 # ``(len(actors), start_time, nbytes)`` for actors. Read in 2026.7.1.
 
 
