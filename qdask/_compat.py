@@ -56,6 +56,7 @@ __all__ = [
     "set_qsim_prng",
     "set_stealing_interval",
     "set_suspicious",
+    "set_worker_forkserver_preload",
     "shadow_worker_objective",
     "stim_circuit_data",
     "style_dashboard_doc",
@@ -201,6 +202,19 @@ def declare_resources_before_registration(worker: Worker, resources: dict[str, f
     for k, v in resources.items():
         worker.state.total_resources[k] = v
         worker.state.available_resources[k] = v
+
+
+# ``distributed.utils.get_mp_context()`` (internal) returns the multiprocessing
+# context of ``distributed.worker.multiprocessing-method`` and, at its first
+# call with "forkserver" only, sets Dask's own forkserver preload list: a list
+# set after that call is the one the server starts with. Read in 2026.7.1.
+
+
+def set_worker_forkserver_preload(modules: list[str]) -> None:
+    """Make the forkserver Dask's local workers fork from import ``modules`` first (method "forkserver")."""
+    from distributed.utils import get_mp_context
+
+    get_mp_context().set_forkserver_preload(list(modules))
 
 
 # ``asyncio.BaseEventLoop._ready``: the deque of callbacks due now (in every

@@ -254,6 +254,26 @@ def test_worker_process_of_a_nanny():
            "the nanny that restarts failed worker starts (its process property)")
 
 
+def test_forkserver_preload_set_after_dasks_first_call_stays():
+    """``get_mp_context`` sets Dask's forkserver preload at its first call only; a list set after it stays."""
+    import multiprocessing.forkserver as fs
+
+    import dask.config
+    from distributed.utils import get_mp_context
+
+    before = list(fs._forkserver._preload_modules)
+    try:
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+            _compat.set_worker_forkserver_preload(["qdask.compat_canary"])
+            get_mp_context()  # Dask's next call, when it starts a worker
+            after = list(fs._forkserver._preload_modules)
+    finally:
+        fs._forkserver._preload_modules = before
+    canary(after == ["qdask.compat_canary"], "distributed",
+           f"keeps a forkserver preload list set after get_mp_context's first call (got {after})",
+           "workers forked with cirq and qsim already imported")
+
+
 # -- distributed: the dashboard -----------------------------------------------------
 
 
@@ -356,7 +376,7 @@ NAMED = [
     r"\bdashboard\.applications\b", r"\btemplate_variables\(", r"bulk_schedule_unrunnable_after_adding_worker",
     r"\.state\.(available|total)_resources\[[^]]*\]\s*=", r"distributed\.nanny import", r"(?<!_compat\.)\bheartbeat_interval\b",
     r"distributed\.dashboard\.(components|scheduler)", r"""["']worker-ttl["']""", r"""["']check-worker-ttl""",
-    r"""["']find-missing""", r"BOKEH_THEME",
+    r"""["']find-missing""", r"BOKEH_THEME", r"\bget_mp_context\b",
 ]
 #: Any ``import`` of a private module of these libraries, or of a private name from them.
 PRIVATE_IMPORT = re.compile(

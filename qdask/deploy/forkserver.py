@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 
 import dask.config
-from distributed.utils import get_mp_context
 
-from qdask import config
+from qdask import _compat, config
 from qdask.worker.discovery import detect_gpus
 
 logger = logging.getLogger(__name__)
@@ -62,6 +61,6 @@ def use_preloaded_forkserver() -> bool:
     # Dask sets its own preload list at its first call; ours replaces it
     # before the server starts (with the first worker), and includes it:
     # cirq imports numpy, pandas and scipy, distributed the rest.
-    get_mp_context().set_forkserver_preload(list(PRELOAD))
+    _compat.set_worker_forkserver_preload(list(PRELOAD))
     logger.debug("local workers fork from a server with %s imported", PRELOAD)
     return True
