@@ -240,10 +240,22 @@ def _to_matrix(op: cirq.Operation) -> Any:
     return NotImplemented if matrix is None else cirq.MatrixGate(matrix).on(*op.qubits)
 
 
-def _native(op: cirq.Operation) -> bool:
-    # qsimcirq keeps an operation as it is when it has a gate kind (so cirq.decompose
-    # would return [op]); for plain gate operations that depends on the gate alone.
-    return _compat.qsim_has_gate_kind(op)
+#: { gate type: whether qsimcirq translates its operations as they are }.
+_NATIVE: dict[type, bool] = {}
+
+
+def _native(op: cirq.Operation, gate: cirq.Gate) -> bool:
+    """Whether qsimcirq keeps ``op`` as it is (``cirq.decompose`` would return ``[op]``).
+
+    Except for controlled operations (judged by their target) that depends on
+    the gate's type alone: asked once per type.
+    """
+    if isinstance(op, cirq.ControlledOperation):
+        return _compat.qsim_has_gate_kind(op)
+    native = _NATIVE.get(type(gate))
+    if native is None:
+        native = _NATIVE[type(gate)] = _compat.qsim_has_gate_kind(op)
+    return native
 
 
 def encode(circuit: cirq.AbstractCircuit, *, cache: bool = True) -> CompactCircuit | None:
@@ -275,8 +287,10 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
     column = {q: i for i, q in enumerate(ordered)}
     qsim_index = {q: n - 1 - i for i, q in enumerate(ordered)}  # qsim numbers qubits in reverse
     ops: list[int] = []
+    used: set[int] = set()
     measured: dict[str, tuple[list[list[int]], list[list[bool]]]] = {}
     done: set[cirq.Qid] = set()  # measured qubits: no later operation may act on them
+    by_id = reg.by_id
     offset = 0
     for moment in moments:
         steps: list[list[tuple[int, tuple[cirq.Qid, ...]]]] = []
@@ -295,30 +309,34 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
                 cols.append([column[q] for q in op.qubits])
                 inverts.append(list(gate.full_invert_mask()))
                 continue
-            if gate is not None and _native(op):
-                subs = [op]
-            else:
-                subs = cirq.decompose(op, fallback_decomposer=_to_matrix, keep=_compat.qsim_has_gate_kind)
+            if gate is not None and _native(op, gate):
+                hit = by_id.get(id(gate))
+                i = hit[1] if hit is not None else reg.index(gate)
+                if i < 0:
+                    return None
+                steps.append([(i, op.qubits)])
+                continue
             step = []
-            for sub in subs:
+            for sub in cirq.decompose(op, fallback_decomposer=_to_matrix, keep=_compat.qsim_has_gate_kind):
                 i = reg.index(sub.gate) if sub.gate is not None else -1
                 if i < 0:
                     return None
                 step.append((i, sub.qubits))
             steps.append(step)
-        length = max((len(s) for s in steps), default=0)
+        length = max(map(len, steps), default=0)
         for gi in range(length):  # qsimcirq adds gates in time order
             for step in steps:
                 if gi < len(step):
                     i, qubits = step[gi]
+                    used.add(i)
                     ops.append(i)
                     ops.append(offset + gi)
-                    ops.extend(qsim_index[q] for q in qubits)
+                    ops.extend(map(qsim_index.__getitem__, qubits))
         offset += length
     flat = np.asarray(ops, dtype=np.int32)
     if flat.size and flat.max() < 2**15:  # the bytes sent per circuit halve
         flat = flat.astype(np.int8 if flat.max() < 2**7 else np.int16)
-    gates = np.unique(_gate_column(flat, reg.entries)) if len(flat) else np.zeros(0, np.int32)
+    gates = np.asarray(sorted(used), dtype=np.int32)
     return CompactCircuit(
         num_qubits=n,
         ops=flat,
@@ -327,19 +345,10 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
         (key, (n - 1 - np.asarray(cols, dtype=np.int64)).astype(np.uint64), np.asarray(inverts, dtype=np.int8))
             for key, (cols, inverts) in measured.items()
         ),
-        gates=gates.astype(np.int32),
-        parameterized=any(reg.entries[int(i)][1] == "sym" for i in gates),
+        gates=gates,
+        parameterized=any(reg.entries[i][1] == "sym" for i in used),
         generation=reg.generation,
     )
-
-
-def _gate_column(flat: np.ndarray, entries: list[Entry]) -> list[int]:
-    out, p, values = [], 0, flat.tolist()
-    while p < len(values):
-        i = values[p]
-        out.append(i)
-        p += 2 + entries[i][0]
-    return out
 
 
 class GateTable:
