@@ -323,28 +323,31 @@ class QSimTrajectoriesBackend(QSimBackend):
     def expectation(
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
     ) -> np.ndarray:
-        sim = self._block_simulator(opts, qubit_order)
-        # This block's trajectories: qsim seeds trajectory i of a call with seed + i.
-        sim.qsim_options["r"] = opts.trajectories
         prng = SeedStream(opts.seeds[:1] + opts.first_trajectory) if opts.seeds is not None else np.random.RandomState()
-        _compat.set_qsim_prng(sim, prng)
-        values = sim.simulate_expectation_values(
-            circuit,
-            observables=observables,
-            qubit_order=qubit_order,
-            initial_state=opts.initial_state,
-            permit_terminal_measurements=True,  # the caller's check ran on the client
-        )
+        # The simulator's seed and trajectory count are set per call: one call at a time
+        # (qsim holds the GIL through a simulation, so slots of a process lose nothing).
+        with _BLOCK_LOCK:
+            sim = self._block_simulator(opts, qubit_order)
+            # This block's trajectories: qsim seeds trajectory i of a call with seed + i.
+            sim.qsim_options["r"] = opts.trajectories
+            _compat.set_qsim_prng(sim, prng)
+            values = sim.simulate_expectation_values(
+                circuit,
+                observables=observables,
+                qubit_order=qubit_order,
+                initial_state=opts.initial_state,
+                permit_terminal_measurements=True,  # the caller's check ran on the client
+            )
         return np.asarray(values, dtype=np.complex128)
 
     def _block_simulator(self, opts: RunOptions, qubit_order: Any) -> Any:
-        """This thread's qsimcirq simulator for these options, reused for every block of trajectories.
+        """This process's qsimcirq simulator for these options, reused for every block of trajectories.
 
         Translating a noisy circuit for qsim costs ~130 ms at 16 qubits (cirq
         checks every channel's Kraus operators), 40 trajectories' worth: a
         fresh simulator per block would spend the split's gain on it. A kept
         simulator with qsimcirq's own circuit memo translates each circuit
-        once per worker thread; only its seed (``_compat.set_qsim_prng``) and
+        once per worker; only its seed (``_compat.set_qsim_prng``) and
         trajectory count change between blocks. The memo matches circuits
         only, not the qubit order they were translated for: one simulator
         per order.
@@ -355,7 +358,7 @@ class QSimTrajectoriesBackend(QSimBackend):
         options.pop("r", None)
         order = tuple(qubit_order) if isinstance(qubit_order, (list, tuple)) else qubit_order
         key = (tuple(sorted(options.items())), order)
-        sims = _BLOCK_SIMULATORS.__dict__.setdefault("by_options", {})
+        sims = _BLOCK_SIMULATORS
         sim = sims.get(key)
         if sim is None:
             if len(sims) >= 4:
@@ -364,8 +367,9 @@ class QSimTrajectoriesBackend(QSimBackend):
         return sim
 
 
-#: Per worker thread (a simulator's seed and trajectory count are set per call).
-_BLOCK_SIMULATORS = threading.local()
+#: { (qsim options but "r", qubit order): simulator }, used under _BLOCK_LOCK.
+_BLOCK_SIMULATORS: dict[tuple[Any, Any], Any] = {}
+_BLOCK_LOCK = threading.Lock()
 
 
 def qsim_limit(info: CircuitInfo) -> str | None:
@@ -407,10 +411,15 @@ class CirqBackend:
     Classical control and measurement feedback, qudits, confusion maps, gates
     on more than 6 qubits; and final states of circuits that measure, whose
     measurement values ``simulate`` returns as cirq does (qsim returns none).
-    One seed per call: the repetitions of a sampling call stay in one task.
+    One seed per call: a circuit that needs a simulation per repetition
+    (feedback, mid-circuit measurements, noise) goes out in blocks of
+    :attr:`shots_per_block` repetitions, each with a seed of its own
+    (:func:`qdask.quantum.plan.shot_block_seeds`), so the same on any cluster.
     """
 
     name = "cirq"
+    #: Repetitions per task of a circuit simulated once per repetition.
+    shots_per_block = 4096
 
     def available(self) -> bool:
         return True

@@ -398,6 +398,11 @@ def build_jobs(
                     measured[p] = _measured_bits(program)
                 # Before any seed is drawn: a refused 10**10 repetitions costs nothing.
                 blocks, memory = admit_shots(index, info, measured[p], memory, reps, view)
+            per_shot = info.per_repetition or info.classical_control  # feedback reads each shot's measurements
+            if work == "sample" and backend_name == bk.CirqBackend.name and per_shot:
+                # cirq's simulator takes one seed per call and simulates every repetition:
+                # fixed-size blocks (so the same on any cluster) spread them over the slots.
+                blocks = max(blocks, math.ceil(reps / bk.CirqBackend.shots_per_block))
             draws = bk.seed_draws(backend, info, work, reps)
             # One simulation serves every repetition: the compact form carries it (qsim_fast).
             fast = work == "sample" and backend_name == bk.QSimBackend.name and draws == 1 < reps
