@@ -20,8 +20,9 @@ that use them, for start-up cost: the scheduler imports this module too.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from distributed.nanny import WorkerProcess
 from distributed.scheduler import heartbeat_interval
@@ -110,7 +111,7 @@ def refresh_unrunnable(scheduler: Scheduler, ts: TaskState) -> None:
 def shadow_worker_objective(scheduler: Scheduler, objective: Callable[[TaskState, WorkerState], tuple]) -> Callable:
     """Make ``scheduler`` rank workers with ``objective``; returns Dask's own method (for delegation)."""
     original = scheduler.worker_objective
-    scheduler.worker_objective = objective  # type: ignore[method-assign]
+    scheduler.worker_objective = objective  # type: ignore[method-assign,assignment]
     return original
 
 

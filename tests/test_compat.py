@@ -22,7 +22,7 @@ from pathlib import Path
 import cirq
 import numpy as np
 import pytest
-from distributed import Event, Worker, WorkerPlugin
+from distributed import Worker, WorkerPlugin
 from distributed.core import Status
 from distributed.scheduler import KilledWorker, Scheduler
 from distributed.utils_test import gen_cluster
@@ -146,7 +146,8 @@ async def test_an_instance_worker_objective_places_restricted_tasks(c, s, a, b):
                    "placing circuit chunks on the smallest state-vector capacity that fits")
         finally:
             _compat.restore_worker_objective(s)
-        canary("worker_objective" not in s.__dict__, "distributed", "lets an instance attribute shadow worker_objective",
+        canary("worker_objective" not in s.__dict__, "distributed",
+               "lets an instance attribute shadow worker_objective",
                "placement's objective (and undoing it)")
         ts, ws = s.tasks[key], s.workers[a.address]
         base = original(ts, ws)
@@ -294,7 +295,8 @@ async def test_dashboard_applications_and_navigation(s):
         assert _compat.add_dashboard_application("/compat-canary", _compat_doc)
         async with Scheduler(dashboard=True, dashboard_address="127.0.0.1:0", port=0, host="127.0.0.1") as s2:
             canary(_compat.dashboard_serves(s2, "/compat-canary"), "distributed",
-                   "serves the Bokeh apps of distributed.dashboard.scheduler.applications (seen in BokehTornado._applications)",
+                   "serves the Bokeh apps of distributed.dashboard.scheduler.applications"
+                   " (seen in BokehTornado._applications)",
                    "the /qdask dashboard page")
             pages = _compat.dashboard_nav_pages(s2)
             canary(isinstance(pages, list) and pages is _compat.dashboard_nav_pages(s2), "distributed",
@@ -328,13 +330,16 @@ def test_qsimcirq_translation_helpers():
     """qsimcirq's private translation decisions give what qdask's compact circuits copy."""
     qc = _compat.qsim_circuit_module()
     missing = [name for name in _compat.QSIM_PRIVATE if not hasattr(qc, name)]
-    canary(not missing, "qsimcirq", f"has qsimcirq.qsim_circuit.{missing}", "compact circuits (qdask/quantum/qsim_fast.py)")
+    canary(not missing, "qsimcirq", f"has qsimcirq.qsim_circuit.{missing}",
+           "compact circuits (qdask/quantum/qsim_fast.py)")
     canary(set(qc.GATE_PARAMS) >= {"exponent", "global_shift", "phase_exponent", "theta", "phi"}, "qsimcirq",
            f"lists the gate fields it passes to qsim in GATE_PARAMS (got {qc.GATE_PARAMS})", "compact circuits")
     q = cirq.LineQubit.range(3)
-    canary(_compat.qsim_gate_kind(cirq.X) == qc.qsim.kX and _compat.qsim_gate_kind(cirq.MatrixGate(np.eye(2))) is not None,
+    matrix = cirq.MatrixGate(np.eye(2))
+    canary(_compat.qsim_gate_kind(cirq.X) == qc.qsim.kX and _compat.qsim_gate_kind(matrix) is not None,
            "qsimcirq", "maps a cirq gate to its qsim GateKind with _cirq_gate_kind", "compact circuits")
-    canary(_compat.qsim_has_gate_kind(cirq.X(q[0])) and not _compat.qsim_has_gate_kind(cirq.QuantumFourierTransformGate(3).on(*q)), "qsimcirq",
+    qft = cirq.QuantumFourierTransformGate(3).on(*q)
+    canary(_compat.qsim_has_gate_kind(cirq.X(q[0])) and not _compat.qsim_has_gate_kind(qft), "qsimcirq",
            "decides which operations it keeps with _has_cirq_gate_kind", "compact circuits' decomposition")
     details = _compat.qsim_control_details(cirq.ControlledGate(cirq.X, num_controls=2, control_values=[0, 1]), [0, 1])
     canary(tuple(map(list, details)) == ([0, 1], [0, 1]), "qsimcirq",
@@ -374,7 +379,8 @@ NAMED = [
     r"\._sim_module\b", r"\._prng\b", r"\.suspicious\s*[-+]?=", r"\.unrunnable\s*\[", r"\.unrunnable\.(pop|move)",
     r"\.worker_objective\s*=", r"""__dict__\.pop\(\s*["']worker_objective""", r"\bapplications\.setdefault",
     r"\bdashboard\.applications\b", r"\btemplate_variables\(", r"bulk_schedule_unrunnable_after_adding_worker",
-    r"\.state\.(available|total)_resources\[[^]]*\]\s*=", r"distributed\.nanny import", r"(?<!_compat\.)\bheartbeat_interval\b",
+    r"\.state\.(available|total)_resources\[[^]]*\]\s*=", r"distributed\.nanny import",
+    r"(?<!_compat\.)\bheartbeat_interval\b",
     r"distributed\.dashboard\.(components|scheduler)", r"""["']worker-ttl["']""", r"""["']check-worker-ttl""",
     r"""["']find-missing""", r"BOKEH_THEME", r"\bget_mp_context\b",
 ]
@@ -433,7 +439,7 @@ def private_uses(paths: list[Path]) -> list[str]:
         if path.name == "_compat.py":
             continue
         text = path.read_text()
-        for n, (line, code) in enumerate(zip(text.splitlines(), _code(text)), 1):
+        for n, (line, code) in enumerate(zip(text.splitlines(), _code(text), strict=True), 1):
             hits = [p.pattern for p in named if p.search(code)]
             if PRIVATE_IMPORT.search(code):
                 hits.append("private import")
