@@ -19,10 +19,11 @@ copies to workers that forgot their built circuits each time.
 
 For qdask the per-stage breakdown (``qdask.quantum.qsim_fast.STAGES``, median
 over the rounds): client planning (of which analysis and compact encoding),
-pickling; on the workers (summed over them) unpickling and building qsim
-circuits, qsim itself, and turning qsim's shots into packed records; "other"
-is the wall time left (submission, transfer, scheduling, result collection,
-idle workers). Everything binds to 127.0.0.1.
+pickling; on the workers (summed over them) the time inside chunks, of which
+unpickling and building qsim circuits, qsim itself, and turning qsim's shots
+into packed records; "other" is the wall time left with the workers' chunk
+time shared between them (submission, Dask's per-task work, transfers, result
+collection and assembly, idle workers). Everything binds to 127.0.0.1.
 
 Usage: ``python benchmarks/throughput.py [--workers N] [--only flood|sweep|mixed] [--repeats 5] [--monitoring]``
 """
@@ -164,11 +165,10 @@ class QdaskRun:
         """Median seconds per stage over the timed rounds (the warm-up left out)."""
         rounds = self.stages[1:] or self.stages
         names = ["client plan", "client analysis", "client encode", "client pickle",
-                 "workers decode", "workers qsim", "workers pack"]
+                 "workers chunk", "workers decode", "workers qsim", "workers pack"]
         median = {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in names + ["wall"]}
         # Client stages run one after another; the workers' in parallel.
-        other = median["wall"] - median["client plan"] - median["client pickle"] - sum(
-            median[k] for k in names[4:]) / workers
+        other = median["wall"] - median["client plan"] - median["client pickle"] - median["workers chunk"] / workers
         parts = "  ".join(f"{k} {1000 * median[k]:.0f}" for k in names)
         return f"{parts}  other {1000 * other:.0f}  (ms, median of {len(rounds)}; workers summed)"
 

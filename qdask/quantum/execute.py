@@ -488,7 +488,7 @@ def run_chunk(blob: bytes) -> list[TaskResult]:
     if worker is not None:
         _HAND_OFF.wait(worker)
     inbox = Inbox.of(worker)
-    with paused_gc():
+    with paused_gc(), stage("chunk"):
         with stage("decode"):
             tasks = load_tasks(blob)
         begin_chunk(len(tasks))  # fault tolerance: isolation of a retry, start report (qdask.fault)

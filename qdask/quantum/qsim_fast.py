@@ -52,8 +52,9 @@ from qdask.quantum.analysis import CircuitMemo
 
 #: Seconds spent per stage in this process, for ``benchmarks/throughput.py``'s
 #: breakdown. Client: "plan" (``build_jobs``, which includes "analysis" and
-#: "encode"), "pickle"; worker: "decode" (unpickling, building qsim circuits),
-#: "qsim", "pack" (records from qsim's shots, bit-packed).
+#: "encode"), "pickle"; worker: "chunk" (in ``run_chunk``, which includes
+#: "decode": unpickling and building qsim circuits, "qsim", and "pack":
+#: records from qsim's shots, bit-packed).
 STAGES: Counter[str] = Counter()
 _STAGES_LOCK = threading.Lock()
 
