@@ -393,6 +393,21 @@ def test_planner_sends_the_compact_form_only_where_one_simulation_serves_every_r
     assert ClusterView.from_rows([{"worker": "w", "resources": {"quantum": 1}, "error_rate": 0.01}]).noisy_devices
 
 
+def test_a_compact_circuit_is_refused_by_a_worker_whose_device_noise_came_after_planning(monkeypatch):
+    """Noise needs the cirq circuit the compact form no longer carries: a clear error, not noiseless samples."""
+    from qdask.hybrid import noise
+    from qdask.quantum import qsim_fast
+
+    circuit = _random(3, depth=4, seed=1)
+    compact = qsim_fast.encode(circuit)
+    table = qsim_fast.GateTable.for_circuits([compact])
+    opts = bk.RunOptions(seeds=np.array([5]))
+    assert bk.QSimBackend().sample_compact(compact, table, cirq.ParamResolver(), 10, opts)["m"].shape == (10, 1, 3)
+    monkeypatch.setattr(noise, "device_noise", lambda: noise.DeviceNoise(gate_error=0.01))
+    with pytest.raises(RuntimeError, match="submit the batch again"):
+        bk.QSimBackend().sample_compact(compact, table, cirq.ParamResolver(), 10, opts)
+
+
 def test_analysis_and_compact_form_are_reused_until_the_circuit_changes():
     from qdask.quantum import qsim_fast
 
