@@ -524,6 +524,13 @@ def test_errors_have_the_reference_type(client, case):
     assert sorted(client.scheduler_info()["workers"]) == before
 
 
+@pytest.mark.skipif(qsimcirq.qsim_simulator.qsim_gpu is not None, reason="this qsimcirq has a GPU build: nothing to refuse")
+def test_use_gpu_without_a_gpu_build_has_qsims_error_type(client):
+    ref = _raised(lambda: qsimcirq.QSimSimulator(qsimcirq.QSimOptions(use_gpu=True)).simulate(_unitary2))
+    got = _raised(lambda: qdask.Simulator(client, qsim_options=qsimcirq.QSimOptions(use_gpu=True)).simulate(_unitary2))
+    assert isinstance(got, type(ref)) and "qsim-gpu" in str(got), got
+
+
 def test_qsim_options_qsim_does_not_have_are_refused_with_the_fix(client):
     # qsimcirq passes unknown keys on silently (and they do nothing); qdask names them.
     with pytest.raises(ValueError, match=r"unknown keys \['max_fused'\].*Fix: pass qsimcirq.QSimOptions"):
