@@ -418,6 +418,15 @@ def test_analysis_and_compact_form_are_reused_until_the_circuit_changes():
     circuit.insert(0, cirq.X(cirq.LineQubit(0)))  # changed in place: its moments are other objects
     assert analyze(circuit).num_ops == info.num_ops + 1
     assert qsim_fast.encode(circuit) is not compact and len(qsim_fast.encode(circuit).ops) > len(compact.ops)
+    # Full, the memo drops the least recently used circuit: new circuits do not evict one in use.
+    from qdask.quantum.analysis import CircuitMemo
+
+    memo, circuits = CircuitMemo(size=3), [_random(2, depth=2, seed=s) for s in range(4)]
+    for c in circuits[:3]:
+        memo.put(c, c)
+    assert memo.get(circuits[0]) is circuits[0]
+    memo.put(circuits[3], circuits[3])
+    assert memo.get(circuits[1]) is None and all(memo.get(c) is c for c in (circuits[0], circuits[2], circuits[3]))
 
 
 def test_hand_off_holds_the_next_chunk_until_the_result_is_fetched_or_the_limit():

@@ -170,7 +170,8 @@ class CircuitMemo:
     they were is the circuit it was (a ``cirq.Circuit`` can be changed in
     place, which replaces moments). Callers that run the same circuits again
     (benchmarks, optimizers resubmitting a batch) skip the work; at most
-    ``size`` circuits are kept, each held with its value.
+    ``size`` circuits are kept, each held with its value, the least recently
+    used dropped first (a batch of new circuits does not evict one in use).
     """
 
     def __init__(self, size: int = 4096) -> None:
@@ -180,17 +181,19 @@ class CircuitMemo:
 
     def get(self, circuit: cirq.AbstractCircuit, default: Any = None) -> Any:
         """The value stored for ``circuit`` as it is now, else ``default``."""
-        hit = self.entries.get(id(circuit))
+        key = id(circuit)
+        hit = self.entries.pop(key, None)
         if hit is None or hit[0] is not circuit:
             return default
         moments = circuit.moments
         if len(moments) != len(hit[1]) or not all(map(operator.is_, moments, hit[1])):
             return default
+        self.entries[key] = hit  # now the most recently used
         return hit[2]
 
     def put(self, circuit: cirq.AbstractCircuit, value: Any) -> None:
-        if len(self.entries) >= self.size:
-            self.entries.clear()
+        while len(self.entries) >= self.size:
+            del self.entries[next(iter(self.entries))]
         self.entries[id(circuit)] = (circuit, tuple(circuit.moments), value)
 
 
