@@ -457,6 +457,10 @@ def test_exposition_follows_the_naming_conventions_and_counts_circuits(cluster2)
         lint = subprocess.run(["promtool", "check", "metrics"], input="\n".join(ours) + "\n",
                               capture_output=True, text=True, timeout=60)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+    # The engine tagged the batch's tasks: its progress is complete.
+    progress = list(cluster2.cluster.scheduler.extensions["qdask"].monitor.counters.batch_progress.values())
+    ours = [p for p in progress if p["kind"] == "sample"][-1]
+    assert ours["done"] == ours["tasks"] >= 1 and ours["circuits"] == 5 and ours["finished"] is not None
     after = scrape(cluster2)
     def delta(*key):
         return after.get(key, 0) - before.get(key, 0)

@@ -205,8 +205,9 @@ def test_page_is_registered_served_and_linked_from_dask_pages(hybrid):
 # -- the page in a browser -------------------------------------------------------------------
 def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
     client = hybrid.get_client()
+    # As qdask's engine annotates a chunk of a batch of 10 tasks.
     annotation = {"kind": "circuit", "circuits": 1, "qubits": 16, "backend": "qsim", "est_seconds": 0.6,
-                  "statevector_bytes": 2**20}
+                  "statevector_bytes": 2**20, "batch": "b-dashboard", "batch_tasks": 10}
 
     async def drive() -> None:
         page = await open_page(chromium, base_url(hybrid) + dashboard.ROUTE)
@@ -247,9 +248,19 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         sv = await page.wait_js(f"(p => p.some(v => v > 0) && p)({source('qdask-capacity-source', 'sv_pct')})")
         assert all(0 <= v <= 100 for v in sv)
         # The progress line: running and waiting circuit tasks, the estimate left, the ETA.
-        progress = await page.wait_js(f"(t => t.includes('waiting') && t.includes('done in ~') && t)"
+        # (Running once the worker reports the task executing; waiting until then.)
+        progress = await page.wait_js(f"(t => t.includes('circuit tasks: 1 running') && t)"
                                       f"({div_text('qdask-progress')})")
-        assert "circuit tasks: 1 running" in progress, progress
+        assert "waiting" in progress and "done in ~" in progress, progress
+        # The batch's own row: tasks done of 10, one running, the rest waiting, an ETA.
+        await page.wait_js(f"{source('qdask-batches-source', 'batch')}.includes('b-dashboard')")
+        await page.wait_js(f"{source('qdask-batches-source', 'running')}[0] == 1")
+        # Rendered as a table with the batch's row (the grid's first drawing of it).
+        batches = await page.wait_js(
+            "(t => t.includes('b-dashboard') && t)([...Bokeh.index.all_views()]"
+            ".filter(v => v.model.name == 'qdask-batches').map(v => v.shadow_el.textContent).join())")
+        assert "tasks done" in batches and "ETA" in batches and "/10" in batches
+        assert (await page.js(source("qdask-batches-source", "eta")))[0].startswith("~")
 
         # The idle classical worker dies meanwhile, for good (its nanny told not to restart it, as
         # for a lost machine; a restart racing the cluster's close makes the close time out).
@@ -280,6 +291,9 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         smooth = await page.js(source("qdask-utilization-source", "quantum"))
         assert set(raw) <= {0.0, 100.0} and any(0 < v < 100 for v in smooth), (raw, smooth)
         assert "10 circuits finished" in await page.js(div_text("qdask-progress"))
+        await page.wait_js(f"{source('qdask-batches-source', 'eta')}[0] == 'done'")
+        assert await page.js(source("qdask-batches-source", "progress")) == ["10/10"]
+
         assert hybrid.error_statistics().node_failures == 1
         (failure,) = hybrid.cluster.scheduler.extensions["qdask"].events.since(t0, ("node_failure",))
         assert failure.worker == classical and failure.cause == "died"

@@ -15,7 +15,8 @@ evenly over them, to the duration histogram once per circuit.
 from __future__ import annotations
 
 import math
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from distributed.scheduler import Scheduler
 
 NAME = "qdask-circuits"
+#: Batches whose progress is kept (the most recent ones).
+BATCHES_KEPT = 20
 #: Upper bounds (seconds) of the circuit duration histogram: 1 ms to 5 min, about x2.5 apart.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, math.inf)
 
@@ -67,6 +70,10 @@ class CircuitCounters(SchedulerPlugin):
         ``{task prefix: circuits finished}``.
     widths : collections.Counter
         ``{qubits: circuits finished}`` (a task's width: its widest circuit).
+    batch_progress : collections.OrderedDict
+        ``{batch id: {"batch", "kind", "tasks", "done", "circuits", "started", "finished"}}``
+        of the last :data:`BATCHES_KEPT` batches (their tasks' ``batch``/``batch_tasks``
+        annotation, set by :class:`qdask.quantum.engine.Engine`).
     """
 
     name = NAME
@@ -79,9 +86,30 @@ class CircuitCounters(SchedulerPlugin):
         self.prefix_circuits: Counter[str] = Counter()
         # { qubits: circuits finished } (the /qdask page's width histogram)
         self.widths: Counter[int] = Counter()
+        # { batch id: progress } of the last BATCHES_KEPT batches (engine annotations "batch", "batch_tasks")
+        self.batch_progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.buckets = [0] * len(BUCKETS)
         self.duration_sum = 0.0
         self.batches = 0
+
+    def update_graph(self, scheduler: Scheduler, *, annotations: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        from qdask.worker.discovery import ANNOTATION
+
+        for key, ann in ((annotations or {}).get(ANNOTATION) or {}).items():
+            if isinstance(ann, dict) and ann.get("batch") is not None:
+                self._batch(ann, key)
+
+    def _batch(self, ann: dict[str, Any], key: Hashable) -> dict[str, Any]:
+        batch = str(ann["batch"])
+        progress = self.batch_progress.get(batch)
+        if progress is None:
+            progress = self.batch_progress[batch] = {
+                "batch": batch, "kind": work_kind(key), "tasks": int(ann.get("batch_tasks") or 0),
+                "done": 0, "circuits": 0, "started": time.time(), "finished": None,
+            }
+            while len(self.batch_progress) > BATCHES_KEPT:
+                self.batch_progress.popitem(last=False)
+        return progress
 
     def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if start != "processing" or finish != "memory":
@@ -96,6 +124,12 @@ class CircuitCounters(SchedulerPlugin):
         self.prefix_circuits[key_split(key)] += n
         if isinstance(ann.get("qubits"), int):
             self.widths[ann["qubits"]] += n
+        if ann.get("batch") is not None:
+            progress = self._batch(ann, key)
+            progress["done"] += 1
+            progress["circuits"] += n
+            if progress["done"] >= progress["tasks"]:
+                progress["finished"] = time.time()
         compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
         if compute:
             seconds = sum(s["stop"] - s["start"] for s in compute)

@@ -129,6 +129,60 @@ def qdask_doc(scheduler: Scheduler, extra: dict[str, Any], doc: Document) -> Non
     _compat.style_dashboard_doc(doc, extra, page, REFRESH_MS)
 
 
+#: (field, column title) of the batches table.
+BATCH_COLUMNS = (
+    ("batch", "batch"),
+    ("kind", "kind"),
+    ("progress", "tasks done"),
+    ("circuits", "circuits done"),
+    ("running", "running"),
+    ("waiting", "waiting"),
+    ("elapsed", "elapsed"),
+    ("eta", "ETA"),
+)
+#: Batches shown, newest first.
+BATCHES_SHOWN = 5
+
+
+def batch_rows(progress: list[dict[str, Any]], live: dict[str, tuple[int, int, float]], slots: float,
+               now: float) -> dict[str, list[Any]]:
+    """Columns of the batches table: ``progress`` from CircuitCounters, ``live`` {batch: (running, waiting, est s)}.
+
+    The ETA extrapolates the batch's own pace once a task finished, and uses
+    the cost model's estimate of its ready tasks over the cluster's slots before.
+
+    Examples
+    --------
+    >>> rows = batch_rows([{"batch": "b1", "kind": "sample", "tasks": 10, "done": 4, "circuits": 40,
+    ...                     "started": 0.0, "finished": None}], {"b1": (2, 4, 3.0)}, 2, 8.0)
+    >>> rows["progress"], rows["eta"]
+    (['4/10'], ['~12 s'])
+    """
+    from qdask.table import format_seconds
+
+    rows: dict[str, list[Any]] = {k: [] for k, _ in BATCH_COLUMNS}
+    for p in reversed(progress[-BATCHES_SHOWN:]):
+        running, waiting, est = live.get(p["batch"], (0, 0, 0.0))
+        end = p["finished"] if p["finished"] is not None else now
+        elapsed = max(end - p["started"], 0.0)
+        left = max(p["tasks"] - p["done"], 0)
+        if p["finished"] is not None or not left:
+            eta = "done"
+        elif p["done"]:
+            eta = "~" + format_seconds(elapsed / p["done"] * left)
+        else:
+            eta = "~" + format_seconds(est / slots) if slots else "no quantum slot"
+        rows["batch"].append(p["batch"])
+        rows["kind"].append(p["kind"])
+        rows["progress"].append(f"{p['done']}/{p['tasks']}")
+        rows["circuits"].append(p["circuits"])
+        rows["running"].append(running)
+        rows["waiting"].append(waiting)
+        rows["elapsed"].append(format_seconds(elapsed))
+        rows["eta"].append(eta)
+    return rows
+
+
 #: (resources() field, column title) of the workers table.
 WORKER_COLUMNS = (
     ("name", "worker"),
@@ -250,6 +304,11 @@ class QdaskPage:
 
         # Roles and emulated-device error rates (HybridConfig, qdask.hybrid.noise): what
         # role routing and noise-aware routing decide from.
+        self.batches_source = ColumnDataSource({k: [] for k, _ in BATCH_COLUMNS}, name="qdask-batches-source")
+        self.batches = DataTable(
+            source=self.batches_source, columns=[TableColumn(field=k, title=t) for k, t in BATCH_COLUMNS],
+            height=150, sizing_mode="stretch_width", index_position=None, name="qdask-batches",
+        )
         self.workers_source = ColumnDataSource({k: [] for k, _ in WORKER_COLUMNS}, name="qdask-workers-source")
         self.workers = DataTable(
             source=self.workers_source, columns=[TableColumn(field=k, title=t) for k, t in WORKER_COLUMNS],
@@ -277,6 +336,7 @@ class QdaskPage:
         self.root = column(
             self.status,
             self.progress,
+            self.batches,
             row(self.utilization, self.priority, sizing_mode="stretch_width"),
             row(self.rate, self.backends, self.durations, self.widths, sizing_mode="stretch_width"),
             row(*self.capacity, sizing_mode="stretch_width"),
@@ -361,17 +421,26 @@ class QdaskPage:
         # Progress of the work in flight: what runs, what waits, and the cost model's estimate of it.
         running = waiting = 0
         seconds_left = 0.0
+        live: dict[str, list[float]] = {}  # { batch: [running, waiting, est seconds] }
         for key in monitor.tracker.ready if monitor.tracking else ():
             ts = self.scheduler.tasks.get(key)
             ann = circuit_annotation(ts)
             if ts is None or ann is None:
                 continue
-            if ts.state == "processing" and ts.processing_on is not None and ts in ts.processing_on.executing:
-                running += 1
-            else:
-                waiting += 1
-            seconds_left += float(ann.get("est_seconds") or 0.0)
+            is_running = ts.state == "processing" and ts.processing_on is not None and ts in ts.processing_on.executing
+            running += is_running
+            waiting += not is_running
+            est = float(ann.get("est_seconds") or 0.0)
+            seconds_left += est
+            if ann.get("batch") is not None:
+                acc = live.setdefault(str(ann["batch"]), [0, 0, 0.0])
+                acc[0 if is_running else 1] += 1
+                acc[2] += est
         slots = sum(worker_resources(ws)["quantum_slots"] for ws in self.scheduler.workers.values())
+        rows = batch_rows(list(counters.batch_progress.values()),
+                          {b: (int(r), int(w), e) for b, (r, w, e) in live.items()}, slots, now)
+        if rows != self.batches_source.data:
+            self.batches_source.data = rows
         text = eta_text(running, waiting, seconds_left, slots, total, rate)
         if not monitor.tracking:
             text += " (start monitoring to follow running and waiting circuits)"

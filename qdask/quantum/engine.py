@@ -198,6 +198,8 @@ class Engine:
         # Fault tolerance may rerun these chunks circuit by circuit (qdask.fault.batch).
         qsim_fast.attach_gates([t for chunk in chunks for t in chunk.tasks])
         shared = Shared([chunk.tasks for chunk in chunks])
+        # Which batch each chunk belongs to, for the /qdask page's per-batch progress.
+        batch = {"batch": uuid.uuid4().hex[:12], "batch_tasks": len(chunks)}
         with dask.annotate(**(guard.annotations if guard is not None else {})):
             for chunk in chunks:
                 try:
@@ -206,7 +208,7 @@ class Engine:
                     raise find_unpicklable([(t.index, t.circuit) for t in chunk.tasks], e) from e
                 sub.circuit_bytes += len(blob)
                 run = partial(run_chunk_then, finish, jobs, urgent=prio > 0) if sub.finished else run_chunk
-                sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio))
+                sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio, batch=batch))
         for job in paths:
             sub.futures.append(schrodinger_feynman.submit_job(self.client, job, view, prio))
         if guard is not None:
@@ -215,9 +217,12 @@ class Engine:
             logger.debug("circuit %d: %d qubits -> %s", job.index, job.info.num_qubits, job.backend)
         return sub
 
-    def _submit_chunk(self, run: Callable[[bytes], Any], chunk: Chunk, blob: bytes, work: str, priority: int) -> Future:
+    def _submit_chunk(
+        self, run: Callable[[bytes], Any], chunk: Chunk, blob: bytes, work: str, priority: int,
+        *, batch: dict[str, Any] | None = None,
+    ) -> Future:
         key = f"{chunk.task_name(work)}-{uuid.uuid4().hex}"  # e.g. qdask_sample_16q_6.4ms-<id> on Dask's pages
-        with dask.annotate(**{ANNOTATION: chunk.annotation(priority)}):
+        with dask.annotate(**{ANNOTATION: {**chunk.annotation(priority), **(batch or {})}}):
             return self.client.submit(
                 run,
                 blob,
