@@ -252,15 +252,12 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         progress = await page.wait_js(f"(t => t.includes('circuit tasks: 1 running') && t)"
                                       f"({div_text('qdask-progress')})")
         assert "waiting" in progress and "done in ~" in progress, progress
-        # The batch's own row: tasks done of 10, one running, the rest waiting, an ETA.
-        await page.wait_js(f"{source('qdask-batches-source', 'batch')}.includes('b-dashboard')")
-        await page.wait_js(f"{source('qdask-batches-source', 'running')}[0] == 1")
-        # Rendered as a table with the batch's row (the grid's first drawing of it).
-        batches = await page.wait_js(
-            "(t => t.includes('b-dashboard') && t)([...Bokeh.index.all_views()]"
-            ".filter(v => v.model.name == 'qdask-batches').map(v => v.shadow_el.textContent).join())")
-        assert "tasks done" in batches and "ETA" in batches and "/10" in batches
-        assert (await page.js(source("qdask-batches-source", "eta")))[0].startswith("~")
+        # The batch's own row as the page shows it: tasks done of 10, one running, the rest waiting, an ETA.
+        cells = ("[...Bokeh.index.all_views()].filter(v => v.model.name == 'qdask-batches')"
+                 ".flatMap(v => [...v.shadow_el.querySelectorAll('tr')].map(r => [...r.children].map(c => c.textContent)))")
+        rows = await page.wait_js(f"(r => r.length == 2 && r[1][4] == '1' && r)({cells})")
+        assert rows[0] == ["batch", "kind", "tasks done", "circuits done", "running", "waiting", "elapsed", "ETA"]
+        assert rows[1][0] == "b-dashboard" and rows[1][2].endswith("/10") and rows[1][7].startswith("~"), rows
 
         # The idle classical worker dies meanwhile, for good (its nanny told not to restart it, as
         # for a lost machine; a restart racing the cluster's close makes the close time out).
@@ -291,8 +288,8 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         smooth = await page.js(source("qdask-utilization-source", "quantum"))
         assert set(raw) <= {0.0, 100.0} and any(0 < v < 100 for v in smooth), (raw, smooth)
         assert "10 circuits finished" in await page.js(div_text("qdask-progress"))
-        await page.wait_js(f"{source('qdask-batches-source', 'eta')}[0] == 'done'")
-        assert await page.js(source("qdask-batches-source", "progress")) == ["10/10"]
+        rows = await page.wait_js(f"(r => r.length == 2 && r[1][7] == 'done' && r)({cells})")
+        assert rows[1][2:4] == ["10/10", "10"] and rows[1][4:6] == ["0", "0"], rows
 
         assert hybrid.error_statistics().node_failures == 1
         (failure,) = hybrid.cluster.scheduler.extensions["qdask"].events.since(t0, ("node_failure",))

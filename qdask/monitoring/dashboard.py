@@ -183,6 +183,28 @@ def batch_rows(progress: list[dict[str, Any]], live: dict[str, tuple[int, int, f
     return rows
 
 
+def batches_html(rows: dict[str, list[Any]]) -> str:
+    """The batches table as HTML (escaped cells), or a line saying there is none yet.
+
+    Examples
+    --------
+    >>> "<td>4/10</td>" in batches_html({k: [v] for k, v in zip([k for k, _ in BATCH_COLUMNS],
+    ...                                  ["b1", "sample", "4/10", 40, 2, 4, "8 s", "~12 s"])})
+    True
+    """
+    import html
+
+    if not rows["batch"]:
+        return "<p>Batches: none yet (each Sampler/Simulator call is one).</p>"
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in BATCH_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(rows[k][i]))}</td>" for k, _ in BATCH_COLUMNS) + "</tr>"
+        for i in range(len(rows["batch"]))
+    )
+    css = "<style>.qdask-batches th, .qdask-batches td {text-align: left; padding: 2px 16px 2px 0;}</style>"
+    return f'{css}<b>Last batches</b><table class="qdask-batches"><tr>{head}</tr>{body}</table>'
+
+
 #: (resources() field, column title) of the workers table.
 WORKER_COLUMNS = (
     ("name", "worker"),
@@ -226,7 +248,7 @@ class QdaskPage:
         self.status = Div(name="qdask-status", text="")
         self.progress = Div(name="qdask-progress", text="")
         self._recent: list[tuple[float, float, float]] = []  # (time, quantum %, threads %) for the rolling mean
-        self._last_count: tuple[float, int] | None = None  # (time, circuits finished) at the last refresh
+        self._counts: list[tuple[float, int]] = []  # (time, circuits finished) over the last SMOOTHING_S
         self.utilization_source = ColumnDataSource(
             {"time": [], "quantum": [], "nodes": [], "quantum_raw": []}, name="qdask-utilization-source"
         )
@@ -256,7 +278,8 @@ class QdaskPage:
 
         # Throughput and what ran: circuits/s over time, per backend, durations and widths.
         self.rate_source = ColumnDataSource({"time": [], "rate": []}, name="qdask-rate-source")
-        self.rate = figure(title="Circuits finished per second", x_axis_type="datetime",
+        self.rate = figure(title=f"Circuits finished per second (over the last {SMOOTHING_S:g} s)",
+                           x_axis_type="datetime",
                            x_range=self.utilization.x_range, y_range=Range1d(0, 1), height=220,
                            sizing_mode="stretch_width", name="qdask-rate", tools="xpan,reset")
         self.rate.line("time", "rate", source=self.rate_source, line_width=2, color="#1b7837")
@@ -304,11 +327,9 @@ class QdaskPage:
 
         # Roles and emulated-device error rates (HybridConfig, qdask.hybrid.noise): what
         # role routing and noise-aware routing decide from.
-        self.batches_source = ColumnDataSource({k: [] for k, _ in BATCH_COLUMNS}, name="qdask-batches-source")
-        self.batches = DataTable(
-            source=self.batches_source, columns=[TableColumn(field=k, title=t) for k, t in BATCH_COLUMNS],
-            height=150, sizing_mode="stretch_width", index_position=None, name="qdask-batches",
-        )
+        # A plain HTML table: Bokeh's DataTable (SlickGrid) kept drawing the first rows it
+        # was given while its data changed every refresh (seen in headless Chromium).
+        self.batches = Div(name="qdask-batches", text="", sizing_mode="stretch_width")
         self.workers_source = ColumnDataSource({k: [] for k, _ in WORKER_COLUMNS}, name="qdask-workers-source")
         self.workers = DataTable(
             source=self.workers_source, columns=[TableColumn(field=k, title=t) for k, t in WORKER_COLUMNS],
@@ -398,13 +419,15 @@ class QdaskPage:
 
         counters = monitor.counters
         now, total = time.time(), counters.total
+        # Over the last SMOOTHING_S, as utilization: per refresh, whole tasks finishing make a sawtooth.
+        self._counts = [c for c in self._counts if c[0] >= now - SMOOTHING_S] + [(now, total)]
         rate = 0.0
-        if self._last_count is not None and now > self._last_count[0]:
-            rate = (total - self._last_count[1]) / (now - self._last_count[0])
+        (t0, n0) = self._counts[0]
+        if now > t0:
+            rate = (total - n0) / (now - t0)
             self.rate_source.stream({"time": [now * 1000], "rate": [rate]}, rollover=ROLLOVER)
             peak = max(self.rate_source.data["rate"], default=0.0)
             self.rate.y_range.update(start=0, end=peak * 1.1 or 1)
-        self._last_count = (now, total)
         by_backend: dict[str, int] = {}
         for (backend, _), n in counters.circuits.items():
             by_backend[backend] = by_backend.get(backend, 0) + n
@@ -439,8 +462,9 @@ class QdaskPage:
         slots = sum(worker_resources(ws)["quantum_slots"] for ws in self.scheduler.workers.values())
         rows = batch_rows(list(counters.batch_progress.values()),
                           {b: (int(r), int(w), e) for b, (r, w, e) in live.items()}, slots, now)
-        if rows != self.batches_source.data:
-            self.batches_source.data = rows
+        html = batches_html(rows)
+        if self.batches.text != html:
+            self.batches.text = html
         text = eta_text(running, waiting, seconds_left, slots, total, rate)
         if not monitor.tracking:
             text += " (start monitoring to follow running and waiting circuits)"
