@@ -68,6 +68,7 @@ from distributed import SchedulerPlugin
 from distributed.active_memory_manager import ActiveMemoryManagerPolicy, ReduceReplicas, Suggestion
 from tornado.ioloop import PeriodicCallback
 
+from qdask import _compat
 from qdask.config import FaultToleranceConfig
 from qdask.fault.events import (
     ANNOTATION,
@@ -303,11 +304,11 @@ class FaultManager:
             # the chunks that had started there wait again, with their credit back.
             for key in started & set(msg.get("processing-tasks", ())):
                 if (ts := s.tasks.get(key)) is not None:
-                    ts.suspicious -= 1
+                    _compat.add_suspicious(ts, -1)
             return
         now = time.time()
         stimulus = str(msg.get("stimulus_id", ""))
-        timed_out = msg["worker"] in self._timed_out or stimulus.startswith("check-worker-ttl")
+        timed_out = msg["worker"] in self._timed_out or stimulus.startswith(_compat.WORKER_TTL_STIMULUS)
         self._timed_out.discard(msg["worker"])
         cause = "heartbeat-lost" if timed_out else "died"
         rescheduled: list[TaskState] = []
@@ -327,14 +328,14 @@ class FaultManager:
         affected = rescheduled + lost
         for ts in affected:
             if ts.priority:
-                ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
+                ts.priority = _compat.with_priority(ts.priority, generation=RECOVERY_GENERATION)
         held = [self._hold(ts) for ts in affected] if self.mode == "manual" else []
         for ts in rescheduled:
             if ANNOTATION in (ts.annotations or {}) and ts not in unreported:
                 # Dask's +1 made the count exact (see the module docstring); renew the
                 # credit for the next assignment. A chunk seen running only by the
                 # heartbeat (its report failed) had none left: its +1 is its failure.
-                ts.suspicious -= 1
+                _compat.add_suspicious(ts, -1)
         if interrupted or lost:
             self._open_recovery(msg["worker"], cause, now, interrupted + lost)
         self._publish(
@@ -369,7 +370,7 @@ class FaultManager:
         tasks = self.scheduler.tasks
         keys = {k for k in self._started.get(worker, ()) if (t := tasks.get(k)) is not None and t.processing_on is ws}
         if key not in keys:
-            ts.suspicious += 1
+            _compat.add_suspicious(ts, 1)
         self._started[worker] = keys | {key}
 
     @staticmethod
@@ -439,16 +440,12 @@ class FaultManager:
     def _keep_held(self) -> None:
         """Held tasks wait in "no-worker": keep them clear of ``no-workers-timeout``."""
         s = self.scheduler
-        now = time.monotonic()
         for key in list(self.held):
             ts = s.tasks.get(key)
             if ts is None or ts.state in ("released", "forgotten", "erred", "memory"):
                 del self.held[key]  # cancelled, or done
             elif ts.state == "no-worker":
-                # Private lever: Dask times tasks out by their position in this
-                # insertion-ordered dict; moving one to the end restarts its clock.
-                s.unrunnable.pop(ts, None)
-                s.unrunnable[ts] = now
+                _compat.refresh_unrunnable(s, ts)
         if not self.held:
             pc = s.periodic_callbacks.pop(NAME, None)
             if pc is not None:
@@ -537,9 +534,9 @@ class FaultManager:
             # The deaths the chunk already caused count toward max_failures, less the
             # credit of a chunk that has not started (see the module docstring). Dask
             # passes annotations only for the tasks new in a graph: once per task.
-            ts.suspicious = failures - 1
+            _compat.set_suspicious(ts, failures - 1)
             if failures and ts.priority:
-                ts.priority = (ts.priority[0], RECOVERY_GENERATION, *ts.priority[2:])
+                ts.priority = _compat.with_priority(ts.priority, generation=RECOVERY_GENERATION)
             if meta.get("origin") is not None:
                 replacing.setdefault(meta["origin"], []).append(key)
         for origin, keys in replacing.items():
@@ -552,7 +549,7 @@ class FaultManager:
             self._publish(NetworkError(msg.get("worker"), time.time(), "comm-error", (str(msg.get("key")),), text))
 
     def _on_refresh_who_has(self, msg: dict[str, Any]) -> None:
-        if not str(msg.get("stimulus_id", "")).startswith("find-missing"):
+        if not str(msg.get("stimulus_id", "")).startswith(_compat.FIND_MISSING_STIMULUS):
             return  # other refreshes: all holders busy, which is not a failure
         worker = str(msg.get("worker"))
         keys, peers = [], set()
