@@ -359,7 +359,15 @@ def test_compact_form_refuses_what_qsimcirq_refuses():
     widths = cirq.Circuit(cirq.H(q[0]), cirq.measure(q[0], key="a"), cirq.measure(q[1], q[2], key="a"))
     wide = cirq.Circuit(cirq.MatrixGate(cirq.testing.random_unitary(128, random_state=1))(*cirq.LineQubit.range(7)),
                         cirq.measure(q[0], key="m"))
-    for circuit in (confused, widths, wide):
+    class Broken(cirq.Gate):  # its unitary raises: the error comes from the worker, in its circuit's result
+        def _num_qubits_(self):
+            return 1
+
+        def _unitary_(self):
+            raise ValueError("broken gate")
+
+    broken = cirq.Circuit(Broken()(q[0]), cirq.measure(q[0], key="m"))
+    for circuit in (confused, widths, wide, broken):
         assert qsim_fast.encode(circuit) is None
         with pytest.raises((ValueError, NotImplementedError)):
             _qsim_records(circuit, 10, 1)

@@ -318,7 +318,11 @@ def _encode(reg: _Registry, circuit: cirq.AbstractCircuit, moments: tuple[cirq.M
                 steps.append([(i, op.qubits)])
                 continue
             step = []
-            for sub in cirq.decompose(op, fallback_decomposer=_to_matrix, keep=_compat.qsim_has_gate_kind):
+            try:
+                subs = cirq.decompose(op, fallback_decomposer=_to_matrix, keep=_compat.qsim_has_gate_kind)
+            except Exception:  # a user's gate failing here fails on the worker as today, in its circuit's result
+                return None
+            for sub in subs:
                 i = reg.index(sub.gate) if sub.gate is not None else -1
                 if i < 0:
                     return None
