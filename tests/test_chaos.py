@@ -1,5 +1,9 @@
 """Whole-cluster failures on real multi-process clusters: every worker SIGKILLed at once, chaos.
 
+The chaos tests run ``benchmarks/chaos.py`` (random SIGKILL and SIGSTOP of
+workers, a scheduler restart with resume from checkpoints): 10 s in
+``make test``, two minutes marked ``slow``.
+
 Every result is compared with serial qsim under the same seed; "exactly once"
 means each circuit of the batch has one result, equal to the serial one, and
 (with fault tolerance on) one checkpoint written for it.
@@ -8,10 +12,14 @@ means each circuit of the batch has one result, equal to the serial one, and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import cirq
 import dask
@@ -98,3 +106,32 @@ def test_sigkill_every_worker_at_once_mid_batch_loses_nothing(tmp_path, fault_to
         print(f"\nkill-all ({'fault-tolerant' if ft else 'plain'}): {n} circuits, both workers SIGKILLed at "
               f"{killed_at:.2f} s, batch done in {time.perf_counter() - t0:.2f} s, all correct"
               + (f", {written} checkpoints written (one each)" if ft else ""))
+
+
+# -- benchmarks/chaos.py ------------------------------------------------------------
+def run_chaos(tmp_path, seconds: float, restart_every: float) -> dict:
+    out = tmp_path / "chaos.json"
+    script = Path(__file__).parent.parent / "benchmarks" / "chaos.py"
+    argv = [sys.executable, str(script), "--seconds", str(seconds), "--restart-every", str(restart_every),
+            "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 600)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    print(f"\nchaos {seconds:.0f} s: " + ", ".join(f"{k}={v}" for k, v in report.items() if k != "errors"))
+    assert report["job_finished"] and report["job_exit"] == 0, report
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["wrong"] == 0, report
+    assert report["batches"] >= 1 and report["restart"] >= 1, report
+    assert report["kill"] + report["kill-all"] + report["stop"] >= 1, report
+    assert proc.returncode == 0
+    return report
+
+
+def test_chaos_bounded_kills_stops_and_a_scheduler_restart_lose_nothing(tmp_path):
+    run_chaos(tmp_path, seconds=10, restart_every=5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_chaos_two_minutes(tmp_path):
+    report = run_chaos(tmp_path, seconds=120, restart_every=40)
+    assert report["restart"] >= 2 and report["kill"] >= 10 and report["stops_over_ttl"] >= 1

@@ -64,11 +64,13 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dask.utils import parse_timedelta
 from distributed import SchedulerPlugin
 from distributed.active_memory_manager import ActiveMemoryManagerPolicy, ReduceReplicas, Suggestion
+from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
 
-from qdask import _compat
+from qdask import _compat, config
 from qdask.config import FaultToleranceConfig
 from qdask.fault.events import (
     ANNOTATION,
@@ -85,7 +87,7 @@ from qdask.monitoring.sampler import circuit_annotation
 
 if TYPE_CHECKING:
     from distributed.active_memory_manager import SuggestionGenerator
-    from distributed.scheduler import Scheduler, TaskState
+    from distributed.scheduler import Scheduler, TaskState, WorkerState
 
     from qdask.monitoring.events import EventStore
 
@@ -97,6 +99,8 @@ NAME = "qdask-fault"
 HOLD_RESOURCE = "qdask-held"
 #: Graph generation given to recovered work: older than any real generation (>= 0).
 RECOVERY_GENERATION = -1
+#: Dask's default ``distributed.scheduler.worker-ttl``: left alone, qdask's applies.
+DASK_WORKER_TTL = "5 minutes"
 
 
 @dataclass
@@ -226,6 +230,7 @@ class FaultManager:
         self._wrapped: dict[str, Any] = {}
         for op, hook in (("task-erred", self._on_task_erred), ("request-refresh-who-has", self._on_refresh_who_has)):
             self._wrap_stream_handler(op, hook)
+        self._set_worker_ttl()
 
     # -- lifetime ------------------------------------------------------------------
     def handlers(self) -> dict[str, Any]:
@@ -258,6 +263,59 @@ class FaultManager:
 
         self._wrapped[op] = original
         self.scheduler.stream_handlers[op] = handler
+
+    # -- frozen workers ------------------------------------------------------------
+    def _set_worker_ttl(self) -> None:
+        """``qdask.scheduler.worker-ttl`` in place of Dask's check, unless the user set Dask's own.
+
+        Dask gives a silent worker 5 minutes (``distributed.scheduler.worker-ttl``)
+        and checks once per TTL: a SIGSTOPped worker stalled a batch for as long
+        as it was stopped (issue 24). qdask's check runs every quarter TTL.
+        """
+        s = self.scheduler
+        ttl = config.get("scheduler.worker-ttl")
+        dask_default = parse_timedelta(DASK_WORKER_TTL)
+        if ttl is None or s.worker_ttl is None or s.worker_ttl != dask_default:
+            return  # off, or the user's (Dask's setting or the Scheduler's keyword)
+        s.worker_ttl = config.parse_duration(ttl)
+        old = s.periodic_callbacks.pop(_compat.WORKER_TTL_CALLBACK, None)
+        if old is not None:
+            old.stop()
+        pc = PeriodicCallback(self.check_worker_ttl, 1000 * s.worker_ttl / 4)
+        s.periodic_callbacks[_compat.WORKER_TTL_CALLBACK] = pc
+        if s.status == Status.running:
+            pc.start()  # else with the scheduler's own callbacks
+
+    def ttl_of(self, ws: WorkerState, base: float) -> float:
+        """Silence allowed to ``ws``: the TTL, plus 4x the estimate of the longest circuit chunk it runs.
+
+        qsim holds the GIL while it simulates: a worker running one long circuit
+        sends no heartbeat until it ends, and is not frozen.
+        """
+        longest = 0.0
+        for ts in ws.executing:
+            meta = circuit_annotation(ts) or {}
+            longest = max(longest, float(meta.get("est_seconds", 0.0) or 0.0))
+        return base + 4 * longest
+
+    async def check_worker_ttl(self) -> None:
+        """Dask's ``Scheduler.check_worker_ttl``, with :meth:`ttl_of` for each worker."""
+        s = self.scheduler
+        now = time.time()
+        base = max(s.worker_ttl or 0.0, 10 * _compat.heartbeat_interval(len(s.workers)))
+        frozen = []
+        for ws in s.workers.values():
+            silent = now - ws.last_seen
+            if silent > self.ttl_of(ws, base):
+                frozen.append(ws.address)
+                logger.warning(
+                    "Worker failed to heartbeat for %.0fs; %s: %s", silent,
+                    "attempting restart" if ws.nanny else "removing", ws,
+                )  # fmt: skip
+        if frozen:
+            # The event Dask's own check publishes (heartbeat_lost hears it).
+            s.log_event("scheduler", {"action": "worker-ttl-timed-out", "workers": list(frozen), "ttl": base})
+            await s.restart_workers(frozen, wait_for_workers=False, stimulus_id=f"{_compat.WORKER_TTL_STIMULUS}-{now}")
 
     # -- settings ------------------------------------------------------------------
     def enable(self, config: dict[str, Any]) -> dict[str, Any]:
