@@ -36,7 +36,10 @@ closes with a longer timeout for the same reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 from typing import Any
 
@@ -91,7 +94,7 @@ class QuantumNanny(Nanny):
     @process.setter
     def process(self, process: WorkerProcess | None) -> None:
         if process is not None and not hasattr(process.start, "qdask_no_raise"):
-            process.start = _failed_not_raised(process.start)  # type: ignore[method-assign]
+            process.start = _failed_not_raised(process)  # type: ignore[method-assign]
         self._qdask_process = process
 
     def _alive(self) -> bool:
@@ -176,11 +179,15 @@ class QuantumNanny(Nanny):
 
     async def kill(self, timeout: float = 5, reason: str = "nanny-kill") -> None:
         """Stop the worker process as Dask does; on a close, wait longer for the killed process to go."""
+        closing = self.status == Status.closing
         try:
-            await super().kill(timeout=timeout, reason=reason)
+            # On a close, bounded: a start in progress that never ends (its process
+            # gone without an exit callback) would hold WorkerProcess.kill forever.
+            await (wait_for(super().kill(timeout=timeout, reason=reason), timeout + REAP_TIMEOUT) if closing
+                   else super().kill(timeout=timeout, reason=reason))
         except asyncio.TimeoutError:
             process = self.process
-            if self.status != Status.closing or process is None:
+            if not closing or process is None:
                 raise  # a restart: Dask reports it timed out and the Nanny stays usable
             try:
                 await wait_for(process.stopped.wait(), REAP_TIMEOUT)
@@ -190,16 +197,31 @@ class QuantumNanny(Nanny):
                     "its Nanny %s closes without it",
                     process.pid, REAP_TIMEOUT, self.name,
                 )
+        except Exception:
+            if not closing:
+                raise
+            # A WorkerProcess left half-started by a failed start (its queues released)
+            # fails its kill; an exception here would leave the Nanny "closing" for good.
+            process = self.process
+            pid = process.process.pid if process is not None and process.process is not None else None
+            logger.warning("Stopping the worker process %s of nanny %s failed; sending SIGKILL", pid, self.name,
+                           exc_info=True)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
-def _failed_not_raised(start: Any) -> Any:
-    """``WorkerProcess.start`` that returns ``Status.failed`` where it raised."""
+def _failed_not_raised(process: WorkerProcess) -> Any:
+    """``process.start`` that returns ``Status.failed`` where it raised."""
+    start = process.start
 
     async def wrapped() -> Status:
         try:
             return await start()
         except Exception as e:
             logger.warning("Worker process failed to start: %s: %s", type(e).__name__, e)
+            if process.status == Status.starting:  # raised before Dask marked it: kill() accepts "failed"
+                process.status = Status.failed
             return Status.failed
 
     wrapped.qdask_no_raise = True  # type: ignore[attr-defined]
