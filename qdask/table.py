@@ -58,6 +58,13 @@ class Table(list):
         self.summary = summary
 
     def column(self, name: str) -> list[Any]:
+        """The values of field ``name`` in every row (None where a row lacks it).
+
+        Examples
+        --------
+        >>> qc.resources().column("name")  # doctest: +SKIP
+        ['quantum-0', 'quantum-1']
+        """
         return [row.get(name) for row in self]
 
     def to_frame(self) -> pd.DataFrame:

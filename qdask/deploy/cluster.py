@@ -234,6 +234,13 @@ class QuantumCluster:
     # -- access ------------------------------------------------------------------
     @property
     def scheduler_address(self) -> str:
+        """The scheduler's address (``tcp://127.0.0.1:PORT`` for the embedded cluster).
+
+        Examples
+        --------
+        >>> qc.scheduler_address  # doctest: +SKIP
+        'tcp://127.0.0.1:40123'
+        """
         if self.cluster is not None:
             return self.cluster.scheduler_address
         assert self._client is not None
@@ -241,6 +248,13 @@ class QuantumCluster:
 
     @property
     def dashboard_link(self) -> str | None:
+        """The dashboard's address (qdask's page is ``/qdask`` under it), or None without Bokeh.
+
+        Examples
+        --------
+        >>> qc.dashboard_link  # doctest: +SKIP
+        'http://127.0.0.1:8787/status'
+        """
         client = self.get_client()
         return client.dashboard_link
 

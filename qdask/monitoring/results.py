@@ -308,6 +308,12 @@ class AnalysisResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnalysisResult:
+        """The result of :meth:`to_dict` (or of the scheduler's ``qdask_analyze`` handler), rebuilt.
+
+        Examples
+        --------
+        >>> AnalysisResult.from_dict(qc.analyze().to_dict())  # doctest: +SKIP
+        """
         return cls(
             bottlenecks=[Bottleneck.from_dict(b) for b in d["bottlenecks"]],
             recommendations=list(d["recommendations"]),
@@ -316,6 +322,12 @@ class AnalysisResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON): bottlenecks as dicts, recommendations, window.
+
+        Examples
+        --------
+        >>> json.dumps(qc.analyze().to_dict())  # doctest: +SKIP
+        """
         return {
             "bottlenecks": [b.__dict__.copy() for b in self.bottlenecks],
             "recommendations": list(self.recommendations),

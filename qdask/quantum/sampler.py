@@ -107,17 +107,45 @@ class Sampler(cirq.Sampler):
 
     @property
     def client(self) -> Client:
+        """The ``distributed.Client`` the circuits are submitted through."""
         return self.engine.client
 
     # -- cirq.Sampler ----------------------------------------------------------------
     def run_sweep(
         self, program: cirq.AbstractCircuit, params: cirq.Sweepable, repetitions: int = 1
     ) -> Sequence[cirq.Result]:
+        """Sample ``program`` at every point of ``params``; the points run across the cluster.
+
+        Parameters
+        ----------
+        program : cirq.AbstractCircuit
+            A circuit with measurements.
+        params : cirq.Sweepable
+            Parameter points (``None`` for one point).
+        repetitions : int, default 1
+            Samples per point.
+
+        Returns
+        -------
+        list of qdask.quantum.engine.Result
+            One per point, in order.
+
+        Examples
+        --------
+        >>> results = sampler.run_sweep(circuit, cirq.Linspace("t", 0, 1, 10), repetitions=100)  # doctest: +SKIP
+        >>> [r.histogram(key="m") for r in results]  # doctest: +SKIP
+        """
         return self.run_batch([program], [params], repetitions)[0]
 
     async def run_sweep_async(
         self, program: cirq.AbstractCircuit, params: cirq.Sweepable, repetitions: int = 1
     ) -> Sequence[cirq.Result]:
+        """:meth:`run_sweep` as a coroutine (cirq's ``duet`` or ``asyncio``).
+
+        Examples
+        --------
+        >>> results = await sampler.run_sweep_async(circuit, sweep, repetitions=100)  # doctest: +SKIP
+        """
         return (await self.run_batch_async([program], [params], repetitions))[0]
 
     def run_batch(  # type: ignore[override]
@@ -126,6 +154,35 @@ class Sampler(cirq.Sampler):
         params_list: Sequence[cirq.Sweepable] | None = None,
         repetitions: int | Sequence[int] = 1,
     ) -> Sequence[Sequence[cirq.Result]]:
+        """Sample every program at each of its points, all submitted at once.
+
+        Small circuits are packed into chunks, big ones run alone; results come
+        back in the caller's order.
+
+        Parameters
+        ----------
+        programs : sequence of cirq.AbstractCircuit
+            Circuits with measurements.
+        params_list : sequence of cirq.Sweepable, optional
+            One sweep per program (``None``: one point each).
+        repetitions : int or sequence of int, default 1
+            Samples per point, for all programs or one count per program.
+
+        Returns
+        -------
+        list of list of qdask.quantum.engine.Result
+            ``results[i][j]``: program ``i`` at its point ``j``.
+
+        Raises
+        ------
+        qdask.BatchError
+            When some circuits fail: ``.results`` holds those that finished.
+
+        Examples
+        --------
+        >>> results = sampler.run_batch(circuits, repetitions=500)  # doctest: +SKIP
+        >>> results[0][0].histogram(key="m").most_common(3)  # doctest: +SKIP
+        """
         sub = self._submit(programs, params_list, repetitions)
         return _by_program(sub, self.engine.collect(sub, sample_result), len(programs))
 
@@ -135,6 +192,12 @@ class Sampler(cirq.Sampler):
         params_list: Sequence[cirq.Sweepable] | None = None,
         repetitions: int | Sequence[int] = 1,
     ) -> Sequence[Sequence[cirq.Result]]:
+        """:meth:`run_batch` as a coroutine (cirq's ``duet`` or ``asyncio``).
+
+        Examples
+        --------
+        >>> results = await sampler.run_batch_async(circuits, repetitions=500)  # doctest: +SKIP
+        """
         sub = self._submit(programs, params_list, repetitions)
         by_index = await duet.AwaitableFuture.wrap(self.engine.collect_async(sub, sample_result))
         return _by_program(sub, by_index, len(programs))
@@ -154,6 +217,30 @@ class Sampler(cirq.Sampler):
         The future's result is a :class:`qdask.quantum.engine.Result` (a
         ``cirq.Result``), or a list of them for a sweep of several points, so
         it can feed classical tasks: ``client.submit(postprocess, future)``.
+
+        Parameters
+        ----------
+        circuit : cirq.AbstractCircuit
+            A circuit with measurements.
+        params : cirq.Sweepable, optional
+            Parameter points.
+        repetitions : int, default 1
+            Samples per point.
+        priority : int or str, optional
+            Dask priority or class ("low", "normal", "high", "critical");
+            defaults to the sampler's.
+        simulator : str, optional
+            Backend name, or "auto"; defaults to the sampler's.
+
+        Returns
+        -------
+        distributed.Future
+
+        Examples
+        --------
+        >>> future = sampler.submit(circuit, repetitions=1000, priority="high")  # doctest: +SKIP
+        >>> ones = client.submit(lambda r: int(r.measurements["m"].sum()), future)  # doctest: +SKIP
+        >>> ones.result()  # doctest: +SKIP
         """
         sub = self.engine.submit(
             [self._noisy(circuit)], [params], [repetitions], work="sample", simulator=simulator, priority=priority,

@@ -81,6 +81,35 @@ class Simulator(
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
         initial_state: Any = None,
     ) -> list[cirq.SimulationTrialResult]:
+        """The final state of ``program`` at every point of ``params``, computed across the cluster.
+
+        Parameters
+        ----------
+        program : cirq.AbstractCircuit
+            The circuit; one with measurements runs on cirq's simulator.
+        params : cirq.Sweepable, optional
+            Parameter points; every point is a separate circuit job.
+        qubit_order : cirq.QubitOrderOrList, default cirq.QubitOrder.DEFAULT
+            Order of the qubits in the state, as in cirq.
+        initial_state : int or array-like, optional
+            A computational basis state or a state vector.
+
+        Returns
+        -------
+        list of cirq.SimulationTrialResult
+            One per point, in order: a ``cirq.StateVectorTrialResult``, or a
+            ``cirq.DensityMatrixTrialResult`` with ``simulator="density-matrix"``.
+            Each carries ``metadata`` as :class:`qdask.quantum.engine.Result`
+            does (``backend``, ``workers``, ``seconds``, ``bytes``). ``simulate``
+            returns the first.
+
+        Examples
+        --------
+        >>> sim = qdask.Simulator(client)  # doctest: +SKIP
+        >>> trials = sim.simulate_sweep(circuit, cirq.Linspace("t", 0, 1, 5))  # doctest: +SKIP
+        >>> trials[0].final_state_vector.shape, trials[0].metadata["backend"]  # doctest: +SKIP
+        ((16,), 'qsim')
+        """
         out = []
         for resolver, data, order, results in self._states(program, params, qubit_order, initial_state):
             measurements: dict[str, np.ndarray] = {}
@@ -107,6 +136,13 @@ class Simulator(
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
         initial_state: Any = None,
     ) -> Iterator[cirq.SimulationTrialResult]:
+        """:meth:`simulate_sweep` as an iterator (every point is computed before the first is yielded).
+
+        Examples
+        --------
+        >>> for trial in sim.simulate_sweep_iter(circuit, sweep):  # doctest: +SKIP
+        ...     print(trial.params, trial.final_state_vector[:2])
+        """
         yield from self.simulate_sweep(program, params, qubit_order, initial_state)
 
     def simulate_into_1d_array(
@@ -139,6 +175,32 @@ class Simulator(
         initial_state: Any = None,
         permit_terminal_measurements: bool = False,
     ) -> list[list[float]]:
+        """The expectation values of ``observables`` at every point of ``params``.
+
+        Parameters
+        ----------
+        program : cirq.AbstractCircuit
+            The circuit; measurements collapse the state (seeded), as in cirq.
+        observables : cirq.PauliSumLike or list of them
+            What to measure.
+        params : cirq.Sweepable
+            Parameter points; every point is a separate circuit job.
+        qubit_order : cirq.QubitOrderOrList, default cirq.QubitOrder.DEFAULT
+        initial_state : int or array-like, optional
+        permit_terminal_measurements : bool, default False
+            As in cirq: refuse a circuit ending in measurements unless True.
+
+        Returns
+        -------
+        list of list of float
+            ``values[point][observable]``; a noisy circuit averages
+            ``qsim_options["ev_noisy_repetitions"]`` trajectories spread over the workers.
+
+        Examples
+        --------
+        >>> sim = qdask.Simulator(client)  # doctest: +SKIP
+        >>> values = sim.simulate_expectation_values_sweep(circuit, [cirq.Z(q[0])], cirq.Linspace("t", 0, 1, 25))  # doctest: +SKIP
+        """
         if not permit_terminal_measurements and program.are_any_measurements_terminal():
             raise ValueError(  # cirq's wording (SimulatesExpectationValues), then qdask's fix
                 "Provided circuit has terminal measurements, which may skew expectation values. "
@@ -167,6 +229,13 @@ class Simulator(
         initial_state: Any = None,
         permit_terminal_measurements: bool = False,
     ) -> Iterator[list[float]]:
+        """:meth:`simulate_expectation_values_sweep` as an iterator.
+
+        Examples
+        --------
+        >>> for values in sim.simulate_expectation_values_sweep_iter(circuit, [obs], sweep):  # doctest: +SKIP
+        ...     print(values)
+        """
         yield from self.simulate_expectation_values_sweep(
             program, observables, params, qubit_order, initial_state, permit_terminal_measurements
         )
@@ -220,6 +289,27 @@ class Simulator(
         params: cirq.Sweepable,
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
     ) -> list[list[complex]]:
+        """The amplitudes of ``bitstrings`` at every point of ``params``.
+
+        Parameters
+        ----------
+        program : cirq.AbstractCircuit
+        bitstrings : sequence of int
+            Basis states, as integers in ``qubit_order`` (big-endian, as cirq).
+        params : cirq.Sweepable
+        qubit_order : cirq.QubitOrderOrList, default cirq.QubitOrder.DEFAULT
+
+        Returns
+        -------
+        list of list of complex
+            ``amplitudes[point][bitstring]``.
+
+        Examples
+        --------
+        >>> sim = qdask.Simulator(client)  # doctest: +SKIP
+        >>> sim.compute_amplitudes(bell, bitstrings=[0b00, 0b11])  # doctest: +SKIP
+        [(0.7071+0j), (0.7071+0j)]
+        """
         program = self._noisy(program)
         extra = {"qubit_order": _order(program, qubit_order), "bitstrings": [int(b) for b in bitstrings]}
         sub, by_index = self._compute(program, params, "amplitudes", extra)
@@ -232,6 +322,13 @@ class Simulator(
         params: cirq.Sweepable,
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
     ) -> Iterator[Sequence[complex]]:
+        """:meth:`compute_amplitudes_sweep` as an iterator.
+
+        Examples
+        --------
+        >>> for amplitudes in sim.compute_amplitudes_sweep_iter(circuit, [0, 3], sweep):  # doctest: +SKIP
+        ...     print(amplitudes)
+        """
         yield from self.compute_amplitudes_sweep(program, bitstrings, params, qubit_order)
 
     # -- shared --------------------------------------------------------------------------
