@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 REPO = Path(__file__).parent.parent
 DOCS = REPO / "docs"
 MKDOCS = Path(sys.executable).parent / "mkdocs"
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def _nav_pages(nav: Any) -> Iterator[str]:
@@ -45,31 +47,123 @@ def _resolve(dotted: str) -> object:
     raise ModuleNotFoundError(dotted)
 
 
-def test_site_builds_strict(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once for this module with warnings as errors.
+
+    The notebooks are rendered as stored (``QDASK_DOCS_NOTEBOOKS=source``): executing them is
+    ``make docs``'s work and ``tests/test_notebooks.py``'s, which renders its executed copies.
+    """
+    site = tmp_path_factory.mktemp("docs") / "site"
     out = subprocess.run(
         [str(MKDOCS), "build", "--strict", "--site-dir", str(site)],
         cwd=REPO, capture_output=True, text=True, timeout=240,
-        env=dict(os.environ, NO_MKDOCS_2_WARNING="1"),
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1", QDASK_DOCS_NOTEBOOKS="source"),
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    return site
+
+
+def test_site_builds_strict(site):
     # The generated tables and the API reference made it into the pages.
     configuration = (site / "guide" / "configuration" / "index.html").read_text()
     assert "DASK_QDASK__CLUSTER__NUM_NODES" in configuration
     assert "<!-- qdask:" not in configuration
     assert "FaultToleranceConfig" in configuration
     deploy = (site / "reference" / "deploy" / "index.html").read_text()
-    for name in ("qdask.deploy.cluster.QuantumCluster.from_mpi", "qdask.deploy.mpi.initialize",
-                 "qdask.deploy.connect.connect_client"):
-        assert f'id="{name}"' in deploy, name
+    assert 'id="qdask.deploy.mpi.initialize"' in deploy
+    cluster = (site / "reference" / "cluster" / "index.html").read_text()
+    assert 'id="qdask.deploy.cluster.QuantumCluster.from_mpi"' in cluster
     # Sphinx roles of the numpydoc docstrings are shown as code, not verbatim.
-    assert ":func:`" not in deploy and ":class:`" not in deploy
+    assert ":func:`" not in cluster and ":class:`" not in cluster
+    # The notebooks are pages of the site.
+    for path in NOTEBOOKS:
+        assert (site / "notebooks" / path.stem / "index.html").is_file(), path.name
+
+
+# -- the API reference has every public name -------------------------------------------
+
+#: The calls whose returned objects are public types (the handles and results of the contract).
+_RETURNING = {
+    "qdask.deploy.cluster.QuantumCluster": (
+        "resources", "metrics", "detailed_metrics", "error_statistics", "analyze",
+        "start_monitoring", "start_load_balancer", "enable_fault_tolerance", "enable_elastic_scaling",
+    ),
+    "qdask.deploy.elastic.ElasticScaling": ("events",),
+}
+#: Public types that no annotation above names: what results and handlers receive.
+_ALSO = (
+    "qdask.quantum.engine.Result",
+    "qdask.monitoring.results.Bottleneck",
+    "qdask.fault.events.NodeFailure",
+    "qdask.fault.events.NetworkError",
+    "qdask.fault.events.QuantumError",
+    "qdask.fault.events.RecoveryEvent",
+)
+#: Internals: the reference documents none of them.
+_INTERNAL = (
+    "qdask.deploy.forkserver", "qdask.deploy.nannies", "qdask.deploy.spec", "qdask.deploy.connect",
+    "qdask.scheduler.plugin", "qdask.scheduler.registry", "qdask.worker.plugin", "qdask.quantum.qsim_fast",
+)
+
+
+def _home(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _public_types() -> dict[str, str]:
+    """{how users reach it: dotted home} for ``qdask.__all__`` and the types the calls return."""
+    import qdask
+
+    names = {f"qdask.{name}": _home(getattr(qdask, name)) for name in qdask.__all__}
+    for owner, methods in _RETURNING.items():
+        cls = _resolve(owner)
+        for method in methods:
+            returned = typing.get_type_hints(getattr(cls, method))["return"]
+            for t in typing.get_args(returned) or (returned,):  # list[ScalingEvent] -> ScalingEvent
+                names[f"{cls.__name__}.{method}()"] = _home(t)
+    names.update({home: home for home in _ALSO})
+    return names
+
+
+def _reference_ids(site: Path) -> set[str]:
+    html = "".join(p.read_text() for p in (site / "reference").rglob("*.html"))
+    return set(re.findall(r'id="(qdask\.[^"]+)"', html))
+
+
+def _public_members(cls: type) -> Iterator[str]:
+    """The public methods and properties ``cls`` itself defines (not those it inherits)."""
+    for name, value in vars(cls).items():
+        if not name.startswith("_") and (callable(value) or isinstance(value, (property, classmethod, staticmethod))):
+            yield name
+
+
+def test_every_public_name_has_a_reference_entry(site):
+    ids = _reference_ids(site)
+    names = _public_types()
+    assert len(names) >= 25, names
+    missing = {name: home for name, home in names.items() if home not in ids}
+    assert missing == {}, "add these to a page of docs/reference/ (and give them a docstring)"
+    # ... and so has every public method and property of the classes among them.
+    undocumented = [
+        f"{home}.{member}" for home in sorted(set(names.values()))
+        if isinstance(cls := _resolve(home), type) and not issubclass(cls, BaseException)
+        for member in _public_members(cls) if f"{home}.{member}" not in ids
+    ]
+    assert undocumented == [], "give these a numpydoc docstring"
+
+
+def test_internals_are_not_in_the_reference(site):
+    ids = _reference_ids(site)
+    shown = sorted({i for i in ids for module in _INTERNAL if i == module or i.startswith(module + ".")})
+    assert shown == []
 
 
 def test_every_page_is_in_the_nav():
     with open(REPO / "mkdocs.yml") as f:
         nav = set(_nav_pages(yaml.safe_load(f)["nav"]))
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    pages |= {f"notebooks/{p.name}" for p in NOTEBOOKS}  # added by docs/hooks.py
     assert pages - nav == set(), "add these pages to the nav of mkdocs.yml"
     assert nav - pages == set(), "the nav names pages that do not exist"
 
