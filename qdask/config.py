@@ -50,7 +50,13 @@ _load_defaults()
 
 
 def get(key: str, default: Any = None) -> Any:
-    """Read ``qdask.<key>`` from dask.config (``key`` like ``"worker.statevector-fraction"``)."""
+    """Read ``qdask.<key>`` from dask.config (``key`` like ``"worker.statevector-fraction"``).
+
+    Examples
+    --------
+    >>> qdask.config.get("worker.statevector-fraction")  # doctest: +SKIP
+    0.75
+    """
     return dask.config.get(f"qdask.{key}", default=default)
 
 
@@ -59,6 +65,11 @@ def parse_duration(value: float | str) -> float:
 
     Dask's ``parse_timedelta`` plus the ``min`` unit (Dask reads ``"5m"`` but
     not ``"5min"``, which the contract promises).
+
+    Examples
+    --------
+    >>> parse_duration("5min"), parse_duration("100ms"), parse_duration(2)
+    (300.0, 0.1, 2.0)
     """
     if isinstance(value, str):
         stripped = value.strip()
@@ -84,6 +95,14 @@ class ConfigError(ValueError):
         The value received.
     allowed : str
         What would have been accepted.
+
+    Examples
+    --------
+    >>> try:
+    ...     ClusterConfig(num_nodes=0)
+    ... except ConfigError as e:
+    ...     print(e.field, e.value)
+    ClusterConfig.num_nodes 0
     """
 
     def __init__(self, cls: str, name: str, value: Any, allowed: str, fix: str) -> None:
@@ -276,6 +295,11 @@ class MultiGPUConfig(_Config):
         CUDA peer-to-peer (CUDA IPC) transfers over UCX.
     enable_nvlink : bool
         NVLink transport over UCX.
+
+    Examples
+    --------
+    >>> MultiGPUConfig(num_gpus=2, memory_per_gpu="16GiB").memory_per_gpu
+    17179869184
     """
 
     section: ClassVar[str] = "gpu"
@@ -305,6 +329,11 @@ class HybridConfig(_Config):
         GPUs per quantum worker.
     optimization_level : {"none", "basic", "aggressive"}
         How much qdask decides for the user.
+
+    Examples
+    --------
+    >>> HybridConfig(classical_nodes=2, quantum_nodes=1).quantum_nodes
+    1
     """
 
     section: ClassVar[str] = "hybrid"
@@ -343,6 +372,11 @@ class MonitoringConfig(_Config):
         Record one span per circuit task.
     trace_file : str or None
         Chrome trace-event JSON file for the spans.
+
+    Examples
+    --------
+    >>> MonitoringConfig(sampling_interval="250ms").sampling_interval
+    0.25
     """
 
     section: ClassVar[str] = "monitoring"
@@ -380,6 +414,11 @@ class ElasticConfig(_Config):
         Wait between scaling actions in the same direction; stored as seconds.
     target_duration : float or str
         Queued quantum work should drain within this time; stored as seconds.
+
+    Examples
+    --------
+    >>> ElasticConfig(min_nodes=1, max_nodes=8, cooldown_period="30s").cooldown_period
+    30.0
     """
 
     section: ClassVar[str] = "elastic"
@@ -413,6 +452,11 @@ class LoadBalancerConfig(_Config):
         Time between balancing passes; stored as seconds.
     enable_migration : bool
         Allow moving queued tasks between workers.
+
+    Examples
+    --------
+    >>> LoadBalancerConfig(algorithm="dynamic", check_interval="500ms").check_interval
+    0.5
     """
 
     section: ClassVar[str] = "load-balancer"
@@ -444,6 +488,11 @@ class FaultToleranceConfig(_Config):
         "automatic" redistributes; "manual" holds affected work for the user.
     max_failures : int
         Worker deaths a task may cause before it fails (>= 1).
+
+    Examples
+    --------
+    >>> FaultToleranceConfig(replication_factor=2, max_failures=3).recovery_mode
+    'automatic'
     """
 
     section: ClassVar[str] = "fault-tolerance"
