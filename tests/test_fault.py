@@ -115,20 +115,21 @@ def churn(tmp_path: Path, n: int, qubits: int, depth: int, kills: int | None, mi
         killer = Killer(qc, period=2.0, limit=kills)
         killer.start()
         t0 = time.perf_counter()
-        rounds = 0
+        got: list = []
         try:
-            while rounds == 0 or (min_seconds and (time.perf_counter() - t0 < min_seconds or not killer.killed)):
-                seed = 2024 + rounds
+            while not got or (min_seconds and (time.perf_counter() - t0 < min_seconds or not killer.killed)):
                 # simulator="qsim": auto would give Clifford circuits to stim, whose samples differ.
-                got = qdask.Sampler(client, seed=seed, simulator="qsim").run_batch(circuits, repetitions=20)
-                ref = qsimcirq.QSimSimulator(seed=seed).run_batch(circuits, repetitions=20)
-                assert first_results(got) == first_results(ref), rounds  # nothing lost or changed, no KilledWorker
-                rounds += 1
+                sampler = qdask.Sampler(client, seed=2024 + len(got), simulator="qsim")
+                got.append(sampler.run_batch(circuits, repetitions=20))
         finally:
             killer.stop.set()
             killer.join()
         seconds = time.perf_counter() - t0
+        rounds = len(got)
         assert killer.killed, "the batch ended before the first kill: make it longer"
+        for seed, batch in enumerate(got, start=2024):  # the references after the kills: they take a while
+            ref = qsimcirq.QSimSimulator(seed=seed).run_batch(circuits, repetitions=20)
+            assert first_results(batch) == first_results(ref), seed  # nothing lost or changed, no KilledWorker
         wait_for(lambda: len(failures) >= len(killer.killed))
         assert sorted(e.worker for e in failures) == sorted(killer.killed)  # the handler saw every kill
         assert {e.cause for e in failures} == {"died"}
