@@ -50,11 +50,30 @@ class Monitoring:
         return bool(self._client.sync(self._client.scheduler.qdask_monitor_status)["running"])
 
     def samples(self, since: float = 0.0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Recorded samples taken after wall-clock time ``since`` (at most the last ``limit``)."""
+        """Recorded samples taken after wall-clock time ``since`` (at most the last ``limit``).
+
+        Each sample is a dict with ``time`` (epoch seconds), ``total`` (cluster
+        figures such as ``quantum_utilization`` and ``node_utilization``, in
+        percent) and ``workers`` (the same per worker); ``docs/monitoring.md``
+        lists the fields.
+
+        Examples
+        --------
+        >>> samples = mon.samples(limit=100)  # doctest: +SKIP
+        >>> [s["total"]["quantum_utilization"] for s in samples][-3:]  # doctest: +SKIP
+        [100.0, 50.0, 0.0]
+        """
         return self._client.sync(self._client.scheduler.qdask_samples, since=since, limit=limit)
 
     def stop(self) -> None:
-        """Stop sampling and tracing; the log and trace files are closed (trace made valid JSON)."""
+        """Stop sampling and tracing; the log and trace files are closed (trace made valid JSON).
+
+        Examples
+        --------
+        >>> mon.stop()  # doctest: +SKIP
+        >>> mon.running  # doctest: +SKIP
+        False
+        """
         self._client.sync(self._client.scheduler.qdask_monitor_stop)
 
     def __repr__(self) -> str:

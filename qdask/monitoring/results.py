@@ -32,7 +32,14 @@ class _FromDict:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_frame(self) -> pd.DataFrame:
-        """The fields as a one-row pandas DataFrame (raw units: percent, bytes/s, seconds)."""
+        """The fields as a one-row pandas DataFrame (raw units: percent, bytes/s, seconds).
+
+        Examples
+        --------
+        >>> qc.metrics().to_frame()  # doctest: +SKIP
+           node_utilization  network_bandwidth  quantum_utilization
+        0              50.0                0.0                100.0
+        """
         import pandas as pd
 
         return pd.DataFrame([asdict(self)])  # type: ignore[call-overload]
@@ -140,6 +147,12 @@ class DetailedMetrics(_FromDict):
         Seconds covered by the samples.
     samples : int
         Samples averaged (0: one reading taken on demand, monitoring is off).
+
+    Examples
+    --------
+    >>> detailed = qc.detailed_metrics("30s")  # doctest: +SKIP
+    >>> print(detailed)  # compact, human units  # doctest: +SKIP
+    >>> detailed.to_frame()  # one row per worker, raw units  # doctest: +SKIP
     """
 
     active_nodes: int
@@ -264,6 +277,11 @@ class Bottleneck(_FromDict):
         What to change.
     evidence : dict
         The figures behind the finding.
+
+    Examples
+    --------
+    >>> for b in qc.analyze().bottlenecks:  # doctest: +SKIP
+    ...     print(b.rule, b.recommendation)
     """
 
     rule: str

@@ -158,6 +158,13 @@ class LoadBalancing:
     ----------
     config : LoadBalancerConfig
         The configuration the scheduler runs with.
+
+    Examples
+    --------
+    >>> balancer = qc.start_load_balancer(LoadBalancerConfig(check_interval="500ms"))  # doctest: +SKIP
+    >>> balancer.status()["migrations"]  # doctest: +SKIP
+    0
+    >>> balancer.stop()  # doctest: +SKIP
     """
 
     def __init__(self, client: Any, config: LoadBalancerConfig) -> None:
@@ -165,11 +172,31 @@ class LoadBalancing:
         self.config = config
 
     def status(self) -> dict[str, Any]:
-        """Migrations by qdask's rule, Dask's own steals, and whether stealing runs."""
+        """Migrations by qdask's rule, Dask's own steals, and whether stealing runs.
+
+        Returns
+        -------
+        dict
+            ``config`` (the running configuration as a dict, or None), ``migrations``
+            (tasks moved by qdask's rule), ``dask_steals`` and ``stealing_active``.
+
+        Examples
+        --------
+        >>> balancer.status()  # doctest: +SKIP
+        {'config': {...}, 'migrations': 3, 'dask_steals': 0, 'stealing_active': True}
+        """
         return self._client.sync(self._client.scheduler.qdask_balancer_status)
 
     def stop(self) -> dict[str, Any]:
-        """Stop qdask's rule; Dask's default work stealing resumes."""
+        """Stop qdask's rule; Dask's default work stealing resumes.
+
+        Returns the last :meth:`status`.
+
+        Examples
+        --------
+        >>> balancer.stop()["migrations"]  # doctest: +SKIP
+        3
+        """
         return self._client.sync(self._client.scheduler.qdask_balancer_stop)
 
 
