@@ -78,6 +78,13 @@ class ScalingEvent:
         Nodes planned before and after (None for an event recorded by other code).
     reason : str or None
         The queued work and target that asked for it.
+
+    Examples
+    --------
+    >>> e = ScalingEvent.from_event({"time": 1.0, "kind": "scale_up", "cause": "queue",
+    ...                              "info": {"from_nodes": 1, "to_nodes": 2}})
+    >>> e.kind, e.from_nodes, e.to_nodes
+    ('scale_up', 1, 2)
     """
 
     time: float
@@ -88,7 +95,13 @@ class ScalingEvent:
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> ScalingEvent:
-        """From a recorded :class:`qdask.monitoring.events.Event` (as ``to_dict()``)."""
+        """From a recorded :class:`qdask.monitoring.events.Event` (as ``to_dict()``).
+
+        Examples
+        --------
+        >>> ScalingEvent.from_event({"time": 1.0, "kind": "scale_down"}).to_nodes is None
+        True
+        """
         info = event.get("info") or {}
         return cls(
             time=event["time"],
@@ -210,12 +223,26 @@ class ElasticScaling:
         return self.adaptive.state in ("starting", "running")
 
     def events(self, since: float = 0.0) -> list[ScalingEvent]:
-        """Scaling events recorded on the scheduler at or after wall-clock time ``since``."""
+        """Scaling events recorded on the scheduler at or after wall-clock time ``since``.
+
+        Examples
+        --------
+        >>> t0 = time.time()  # doctest: +SKIP
+        >>> [e.kind for e in es.events(since=t0)]  # doctest: +SKIP
+        ['scale_up', 'scale_down']
+        """
         rows = self._cluster.sync(self._cluster.scheduler_comm.qdask_elastic_events, since=since)
         return [ScalingEvent.from_event(r) for r in rows]
 
     def stop(self) -> None:
-        """Stop scaling; the workers present stay."""
+        """Stop scaling; the workers present stay.
+
+        Examples
+        --------
+        >>> es.stop()  # doctest: +SKIP
+        >>> es.running  # doctest: +SKIP
+        False
+        """
         self.adaptive.stop(reason="ElasticScaling.stop()")
 
     def __repr__(self) -> str:
