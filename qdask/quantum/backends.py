@@ -40,16 +40,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from dask.utils import format_bytes
 
-from qdask import _compat, config
+from qdask import _compat, config, resources
 from qdask.quantum.validate import BackendMismatchError
-from qdask.worker.discovery import statevector_bytes
+from qdask.resources import statevector_bytes
 
 if TYPE_CHECKING:
     import cirq
 
     from qdask.quantum.analysis import CircuitInfo
     from qdask.quantum.qsim_fast import CompactCircuit, GateTable
-    from qdask.worker.discovery import GPUInfo
+    from qdask.resources import GPUInfo
 
 logger = logging.getLogger(__name__)
 
@@ -652,7 +652,17 @@ def seed_draws(backend: Backend, info: CircuitInfo, work: str, repetitions: int)
 
 
 def backend_names() -> list[str]:
-    """Names of the registered backends whose libraries import here."""
+    """Names of the registered backends whose libraries import here (``qdask.backends()``).
+
+    Any of them is a valid ``simulator=`` of :class:`qdask.Sampler` and
+    :class:`qdask.Simulator`; third-party backends register through the
+    ``qdask.backends`` entry point group.
+
+    Examples
+    --------
+    >>> qdask.backends()  # doctest: +SKIP
+    ['cirq', 'density-matrix', 'qsim', 'qsim-trajectories', 'qsimh', 'stim']
+    """
     return sorted(name for name, b in registry().items() if b.available())
 
 
@@ -727,19 +737,15 @@ class QSimGPUBackend(QSimBackend):
     name = "qsim-gpu"
 
     def available(self) -> bool:
-        from qdask.worker import discovery
-
-        return discovery.qsim_gpu_usable(discovery.detect_gpus())
+        return resources.qsim_gpu_usable(resources.detect_gpus())
 
     def unsupported(self, info: CircuitInfo, work: str) -> str | None:
         why = super().unsupported(info, work)
         if why is not None:
             return why
-        from qdask.worker import discovery
-
         # Only a process that has GPUs can judge their memory; a client without
         # one leaves the check to the GPU worker (which falls back to the CPU).
-        gpus = discovery.detect_gpus()
+        gpus = resources.detect_gpus()
         return _gpu_memory_problem(info.num_qubits, gpus[0]) if gpus else None
 
     def gpu_problem(self, num_qubits: int) -> str | None:
@@ -752,12 +758,10 @@ class QSimGPUBackend(QSimBackend):
 
     def check_gpu(self, num_qubits: int) -> None:
         """Raise :class:`GPUUnavailableError` (or :class:`GPUOutOfMemoryError`) unless the GPU can run it."""
-        from qdask.worker import discovery
-
-        gpus = discovery.detect_gpus()
+        gpus = resources.detect_gpus()
         if not gpus:
             raise GPUUnavailableError("NVML reports no GPU in this process")
-        if not discovery.qsim_gpu_usable(gpus):
+        if not resources.qsim_gpu_usable(gpus):
             raise GPUUnavailableError(
                 f"qsimcirq {self.version()} has no CUDA module (PyPI wheels are CPU-only); "
                 "build one with `make qsim-gpu` (docs/gpu.md)"

@@ -341,7 +341,28 @@ def metadata(results: list[TaskResult]) -> dict[str, Any]:
 
 
 class Result(cirq.ResultDict):
-    """A ``cirq.ResultDict`` with qdask's ``metadata`` (backend, workers, seconds, bytes)."""
+    """A ``cirq.ResultDict`` with qdask's ``metadata`` (backend, workers, seconds, bytes).
+
+    What :meth:`qdask.Sampler.run`, ``run_sweep``, ``run_batch`` and the future of
+    :meth:`qdask.Sampler.submit` give: measurements, ``histogram`` and
+    ``data`` as in cirq, and where and how each circuit ran.
+
+    Attributes
+    ----------
+    metadata : dict
+        ``backend`` (the backend that ran it), ``path`` ("compact": sent to the
+        worker in qdask's compact form, "cirq": as the circuit itself),
+        ``workers`` (addresses), ``seconds`` (compute), ``bytes`` (of the
+        returned measurements), ``blocks`` (tasks its repetitions were split into).
+
+    Examples
+    --------
+    >>> result = sampler.run(circuit, repetitions=1000)  # doctest: +SKIP
+    >>> result.histogram(key="m").most_common(2)  # doctest: +SKIP
+    [(0, 503), (3, 497)]
+    >>> result.metadata["backend"], result.metadata["workers"]  # doctest: +SKIP
+    ('qsim', ['tcp://127.0.0.1:40213'])
+    """
 
     def __init__(self, *, params: cirq.ParamResolver, records: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
         super().__init__(params=params, records=records)
