@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Bounded suite for 2 cores; `make test-all` adds the slow soak/chaos tests.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all test-compat bench docs clean qsim-gpu gpu-sdists gpu-wheels
+.PHONY: demo lint test test-all test-compat bench docs clean qsim-gpu gpu-sdists gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ $(VENV)/.stamp-test: pyproject.toml | $(PY)
 
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/qdask demo
+
+# ruff and mypy (settings in pyproject.toml); .ci/run runs it before the tests.
+lint: $(VENV)/.stamp-test
+	$(PY) -m ruff check qdask plugins tests benchmarks
+	$(PY) -m mypy qdask plugins
 
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
