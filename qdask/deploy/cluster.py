@@ -259,7 +259,14 @@ class QuantumCluster:
         return client.dashboard_link
 
     def get_client(self) -> Client:
-        """The client of this cluster (one per ``QuantumCluster``, created on first use)."""
+        """The client of this cluster (one per ``QuantumCluster``, created on first use).
+
+        Examples
+        --------
+        >>> client = qc.get_client()  # doctest: +SKIP
+        >>> client.submit(sum, [1, 2]).result()  # doctest: +SKIP
+        3
+        """
         if self._client is None:
             assert self.cluster is not None
             self._client = Client(self.cluster, security=self.security)
@@ -285,7 +292,14 @@ class QuantumCluster:
         return Table(rows, summary=RESOURCES_SUMMARY)
 
     def registry_events(self) -> list[dict[str, Any]]:
-        """Joins and leaves seen by the scheduler: time, action, worker, cause."""
+        """Joins and leaves seen by the scheduler: dicts of ``time``, ``action``
+        ("join", "leave", "capabilities"), ``worker``, ``cause`` and ``tasks`` (running at a leave).
+
+        Examples
+        --------
+        >>> [(e["action"], e["worker"]) for e in qc.registry_events()]  # doctest: +SKIP
+        [('join', 'tcp://127.0.0.1:40213'), ('capabilities', 'tcp://127.0.0.1:40213')]
+        """
         client = self.get_client()
         return client.sync(client.scheduler.qdask_registry_events)
 
@@ -488,24 +502,51 @@ class QuantumCluster:
 
     def on_network_error(self, handler: Handler) -> Handler:
         """Call ``handler(event)`` with a :class:`~qdask.fault.NetworkError` for failed comms
-        and transfers (see :meth:`on_node_failure`)."""
+        and transfers (see :meth:`on_node_failure`).
+
+        Examples
+        --------
+        >>> @qc.on_network_error  # doctest: +SKIP
+        ... def comm(event):
+        ...     print(event.cause, event.worker, event.peers)
+        """
         return self._handlers().add(NetworkError.kind, handler)
 
     def on_quantum_error(self, handler: Handler) -> Handler:
         """Call ``handler(event)`` with a :class:`~qdask.fault.QuantumError` when a backend fails
-        on a circuit: out of memory, rejected circuit, other error (see :meth:`on_node_failure`)."""
+        on a circuit: out of memory, rejected circuit, other error (see :meth:`on_node_failure`).
+
+        Examples
+        --------
+        >>> @qc.on_quantum_error  # doctest: +SKIP
+        ... def failed(event):
+        ...     print(event.cause, event.backend, event.circuit, event.detail)
+        """
         return self._handlers().add(QuantumError.kind, handler)
 
     def on_recovery(self, handler: Handler) -> Handler:
         """Call ``handler(event)`` with a :class:`~qdask.fault.RecoveryEvent` once every task a
-        worker's death affected runs again, with the recovery time (see :meth:`on_node_failure`)."""
+        worker's death affected runs again, with the recovery time (see :meth:`on_node_failure`).
+
+        Examples
+        --------
+        >>> @qc.on_recovery  # doctest: +SKIP
+        ... def recovered(event):
+        ...     print(f"{event.worker}: work running again after {event.duration:.1f} s")
+        """
         return self._handlers().add(RecoveryEvent.kind, handler)
 
     # -- lifetime ----------------------------------------------------------------
     def close(self) -> None:
         """Close the client and, for an embedded cluster, every worker and the scheduler.
 
-        Leaves no child process, thread or temporary file behind.
+        Leaves no child process, thread or temporary file behind. The context
+        manager calls it on exit.
+
+        Examples
+        --------
+        >>> qc = QuantumCluster()  # doctest: +SKIP
+        >>> qc.close()  # doctest: +SKIP
         """
         if self._elastic is not None:
             # Before the workers go, so the adaptive loop cannot resize the cluster as it closes.
