@@ -38,7 +38,7 @@ from qdask.quantum.backends import GPUUnavailableError, QSimBackend, QSimGPUBack
 from qdask.quantum.execute import run_task
 from qdask.quantum.plan import Task
 from qdask.scheduler.plugin import QuantumSchedulerPlugin
-from qdask.worker import discovery
+from qdask import resources
 from qdask.worker.discovery import GPU, QUANTUM, GPUInfo, detect_gpus
 from qdask.worker.plugin import QuantumWorkerPlugin
 
@@ -352,7 +352,7 @@ def test_a_gpu_without_a_cuda_build_of_qsim_is_not_enough(monkeypatch):
 
 def test_gpu_memory_is_checked_before_qsim_touches_the_gpu(monkeypatch):
     _nvml(monkeypatch, 1)
-    monkeypatch.setattr(discovery, "qsim_gpu_usable", lambda gpus: True)
+    monkeypatch.setattr(resources, "qsim_gpu_usable", lambda gpus: True)
     why = QSimGPUBackend().gpu_problem(30)
     assert "30-qubit state vector needs 8.00 GiB" in why and "1.00 GiB free" in why
     assert QSimGPUBackend().gpu_problem(26) is None  # 512 MiB fits
@@ -361,7 +361,7 @@ def test_gpu_memory_is_checked_before_qsim_touches_the_gpu(monkeypatch):
 @cpu_wheel_only
 def test_use_gpu_on_the_cpu_wheel_is_a_clear_error(monkeypatch):
     _nvml(monkeypatch, 90)
-    monkeypatch.setattr(discovery, "qsim_gpu_usable", lambda gpus: True)
+    monkeypatch.setattr(resources, "qsim_gpu_usable", lambda gpus: True)
     with pytest.raises(GPUUnavailableError, match="make qsim-gpu") as info:
         QSimGPUBackend()._simulator(RunOptions())
     assert isinstance(info.value.__cause__, ValueError)
@@ -379,7 +379,7 @@ def _state_task(circuit: cirq.Circuit, backend: str = "qsim-gpu", index: int = 7
 def test_qsim_gpu_falls_back_to_the_cpu_with_a_logged_reason(monkeypatch, caplog, gpus):
     _nvml(monkeypatch, *gpus)
     if gpus:  # pretend the build check passed: qsimcirq itself refuses use_gpu=True
-        monkeypatch.setattr(discovery, "qsim_gpu_usable", lambda g: True)
+        monkeypatch.setattr(resources, "qsim_gpu_usable", lambda g: True)
     circuit = _random_circuit(6, 8)
     with caplog.at_level(logging.WARNING, logger="qdask.quantum.execute"):
         result = run_task(_state_task(circuit))
@@ -396,7 +396,7 @@ def _run_on_a_full_gpu(task: Task) -> Any:
     from distributed import get_worker
 
     sys.modules["pynvml"] = FakeNVML([("H200", 140 * GiB, 64 * 1024)])
-    discovery.qsim_gpu_usable = lambda gpus: True
+    resources.qsim_gpu_usable = lambda gpus: True
     return run_task(task, get_worker().address)
 
 

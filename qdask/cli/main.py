@@ -36,7 +36,8 @@ def _parse_interval(ctx: click.Context, param: click.Parameter, value: str) -> f
 def info(address: str | None) -> None:
     """What this machine (or the cluster at ADDRESS) offers for quantum work."""
     if address is None:
-        from qdask.worker.discovery import discover, usable_cores
+        from qdask.resources import usable_cores
+        from qdask.worker.discovery import discover
 
         caps = discover(nthreads=usable_cores(), memory_limit=None)
         rows = [

@@ -32,7 +32,7 @@ from qdask.monitoring.results import AnalysisResult, DetailedMetrics, ErrorStati
 from qdask.table import RESOURCES_SUMMARY, Table
 from qdask.scheduler import balancer
 from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
-from qdask.worker.discovery import detect_gpus
+from qdask.resources import detect_gpus
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import logging
 import dask.config
 
 from qdask import _compat, config
-from qdask.worker.discovery import detect_gpus
+from qdask.resources import detect_gpus
 
 logger = logging.getLogger(__name__)
 

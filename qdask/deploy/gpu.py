@@ -25,7 +25,7 @@ from distributed import Client
 
 from qdask.config import ClusterConfig, ConfigError, MultiGPUConfig
 from qdask.deploy import spec
-from qdask.worker.discovery import GPU, GPUInfo, detect_gpus
+from qdask.resources import GPU, GPUInfo, detect_gpus
 
 if TYPE_CHECKING:
     from distributed import LocalCluster

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import psutil
 
 from qdask.config import ClusterConfig, ConfigError, HybridConfig
+from qdask.resources import GPUInfo, usable_cores
 from qdask.scheduler.plugin import QuantumSchedulerPlugin
-from qdask.worker.discovery import GPUInfo, usable_cores
 from qdask.worker.plugin import QuantumWorkerPlugin
 
 

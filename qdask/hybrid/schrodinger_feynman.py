@@ -44,7 +44,7 @@ from qdask import config
 from qdask.quantum.backends import QSIMH
 from qdask.quantum.cost import PARALLEL_MIN_QUBITS
 from qdask.quantum.validate import CircuitTooWideError, UnresolvedParametersError, UnsupportedGateError
-from qdask.worker.discovery import ANNOTATION, BYTES_PER_AMPLITUDE
+from qdask.resources import ANNOTATION, BYTES_PER_AMPLITUDE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

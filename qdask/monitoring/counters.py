@@ -93,7 +93,7 @@ class CircuitCounters(SchedulerPlugin):
         self.batches = 0
 
     def update_graph(self, scheduler: Scheduler, *, annotations: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        from qdask.worker.discovery import ANNOTATION
+        from qdask.resources import ANNOTATION
 
         for key, ann in ((annotations or {}).get(ANNOTATION) or {}).items():
             if isinstance(ann, dict) and ann.get("batch") is not None:

@@ -36,7 +36,7 @@ from qdask.monitoring.events import EventStore
 from qdask.monitoring.tracing import ChromeTrace
 from qdask.monitoring.worker import METRIC
 from qdask.scheduler.placement import used_resources
-from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES
+from qdask.resources import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState

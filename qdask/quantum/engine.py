@@ -41,7 +41,7 @@ from qdask.quantum.plan import (
     resolve_priority,
     target_chunk_seconds,
 )
-from qdask.worker.discovery import ANNOTATION
+from qdask.resources import ANNOTATION
 
 logger = logging.getLogger(__name__)
 

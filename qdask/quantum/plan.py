@@ -37,7 +37,7 @@ from qdask.quantum.validate import (
     check_repetitions,
 )
 from qdask.scheduler.placement import resolve_priority
-from qdask.worker.discovery import GPU, QUANTUM, STATEVECTOR_BYTES, max_qubits_for
+from qdask.resources import GPU, QUANTUM, STATEVECTOR_BYTES, max_qubits_for
 
 @dataclass(frozen=True)
 class ClusterView:

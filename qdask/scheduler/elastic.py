@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.core import Status
 
 from qdask.monitoring.events import EventStore
-from qdask.worker.discovery import ANNOTATION, QUANTUM
+from qdask.resources import ANNOTATION, QUANTUM
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState

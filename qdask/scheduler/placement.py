@@ -60,7 +60,7 @@ from dask.utils import format_bytes
 from distributed.core import Status
 
 from qdask import _compat, config
-from qdask.worker.discovery import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
+from qdask.resources import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState

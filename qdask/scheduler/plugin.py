@@ -20,7 +20,7 @@ from qdask.scheduler.balancer import LoadBalancer
 from qdask.scheduler.elastic import ElasticSupport
 from qdask.scheduler.placement import Placement
 from qdask.scheduler.registry import ResourceRegistry
-from qdask.worker.discovery import ANNOTATION
+from qdask.resources import ANNOTATION
 from qdask.worker.plugin import CAPABILITIES_TOPIC
 
 if TYPE_CHECKING:
