@@ -78,23 +78,54 @@ class FaultTolerance:
         return _ACTIVE.get(self._client) is self
 
     def status(self) -> dict[str, Any]:
-        """The scheduler's view: applied config, held keys, open recoveries."""
+        """The scheduler's view: applied config, held keys, open recoveries.
+
+        Examples
+        --------
+        >>> ft.status()["held"]  # doctest: +SKIP
+        []
+        """
         return self._client.sync(self._client.scheduler.qdask_fault_status)
 
     def held(self) -> list[str]:
-        """Keys of the work held after a worker died (``recovery_mode="manual"``)."""
+        """Keys of the work held after a worker died (``recovery_mode="manual"``).
+
+        Examples
+        --------
+        >>> ft = qc.enable_fault_tolerance(FaultToleranceConfig(recovery_mode="manual"))  # doctest: +SKIP
+        >>> ft.held()  # after a worker died mid-batch  # doctest: +SKIP
+        ['qdask-sample-16q-3f2a...']
+        """
         return list(self.status()["held"])
 
     def resubmit(self, keys: list[str] | None = None) -> list[str]:
-        """Run held work again (all of it by default); returns the keys released."""
+        """Run held work again (all of it by default); returns the keys released.
+
+        Examples
+        --------
+        >>> ft.resubmit()  # doctest: +SKIP
+        ['qdask-sample-16q-3f2a...']
+        """
         return list(self._client.sync(self._client.scheduler.qdask_fault_resubmit, keys=keys))
 
     def cancel(self, keys: list[str]) -> None:
-        """Drop held work: its futures are cancelled (``CancelledError``), as with ``Client.cancel``."""
+        """Drop held work: its futures are cancelled (``CancelledError``), as with ``Client.cancel``.
+
+        Examples
+        --------
+        >>> ft.cancel(ft.held())  # doctest: +SKIP
+        """
         self._client.cancel([Future(k, self._client) for k in keys], force=True)
 
     def stop(self) -> None:
-        """Back to Dask's defaults on the scheduler; buffered checkpoints are written. Idempotent."""
+        """Back to Dask's defaults on the scheduler; buffered checkpoints are written. Idempotent.
+
+        Examples
+        --------
+        >>> ft.stop()  # doctest: +SKIP
+        >>> ft.active  # doctest: +SKIP
+        False
+        """
         if self._stopped:
             return
         self._stopped = True
