@@ -116,6 +116,12 @@ class FailureEvent:
         Task keys affected.
     detail : str
         Free text: the exception, the scheduler's stimulus, ...
+
+    Examples
+    --------
+    >>> event = NodeFailure(worker="tcp://127.0.0.1:4000", time=0.0, cause="died")
+    >>> from_message(event.to_message()) == event
+    True
     """
 
     kind: ClassVar[str] = ""
@@ -140,6 +146,11 @@ class NodeFailure(FailureEvent):
 
     A graceful leave (``retire_workers``, scale down) is not a failure and sends
     no event. ``keys`` are the tasks that were running there.
+
+    Examples
+    --------
+    >>> NodeFailure(worker="tcp://127.0.0.1:4000", time=0.0, cause="heartbeat-lost").kind
+    'node_failure'
     """
 
     kind: ClassVar[str] = "node_failure"
@@ -151,7 +162,14 @@ class NodeFailure(FailureEvent):
 class NetworkError(FailureEvent):
     """A comm failed: ``cause`` is ``"transfer-failed"`` (a worker could not fetch
     ``keys`` from ``peers``, which the scheduler still lists as holding them) or
-    ``"comm-error"`` (a task failed with a connection error)."""
+    ``"comm-error"`` (a task failed with a connection error).
+
+    Examples
+    --------
+    >>> NetworkError(worker="tcp://127.0.0.1:4000", time=0.0, cause="transfer-failed",
+    ...              peers=("tcp://127.0.0.1:4001",)).peers
+    ('tcp://127.0.0.1:4001',)
+    """
 
     kind: ClassVar[str] = "network_error"
 
@@ -161,7 +179,13 @@ class NetworkError(FailureEvent):
 @dataclass(frozen=True)
 class QuantumError(FailureEvent):
     """A backend failed on a circuit: ``cause`` is ``"oom"`` (host or GPU memory),
-    ``"validation"`` (the backend rejected the circuit) or ``"backend"``."""
+    ``"validation"`` (the backend rejected the circuit) or ``"backend"``.
+
+    Examples
+    --------
+    >>> QuantumError(worker=None, time=0.0, cause="oom", circuit=3, backend="qsim").circuit
+    3
+    """
 
     kind: ClassVar[str] = "quantum_error"
 
@@ -177,6 +201,11 @@ class RecoveryEvent(FailureEvent):
     worker, of the last of the interrupted tasks and lost results
     (``NodeFailure.recovery.interrupted`` and ``lost_results``); ``cause`` is the
     failure's cause.
+
+    Examples
+    --------
+    >>> RecoveryEvent(worker="tcp://127.0.0.1:4000", time=0.0, cause="died", duration=1.5).duration
+    1.5
     """
 
     kind: ClassVar[str] = "recovery"
