@@ -152,7 +152,14 @@ class Simulator(
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
         initial_state: Any = None,
     ) -> tuple[cirq.ParamResolver, np.ndarray, tuple[cirq.Qid, ...]]:
-        """``simulate`` without the result object: (resolver, final state, qubit order), as qsimcirq returns them."""
+        """``simulate`` without the result object: (resolver, final state, qubit order), as qsimcirq returns them.
+
+        Examples
+        --------
+        >>> resolver, state, order = sim.simulate_into_1d_array(circuit)  # doctest: +SKIP
+        >>> state.shape  # doctest: +SKIP
+        (16,)
+        """
         resolver, data, order, _ = self._states(program, cirq.ParamResolver(param_resolver), qubit_order, initial_state)[0]
         return resolver, data[0] if isinstance(data, tuple) else data, tuple(order)
 
@@ -254,6 +261,12 @@ class Simulator(
         of them; one observable or a list applies after every moment. Returns
         one list of values per moment asked for, in moment order. Each moment
         is the circuit up to it, a separate job, so the moments run in parallel.
+
+        Examples
+        --------
+        >>> values = sim.simulate_moment_expectation_values(circuit, {0: cirq.Z(q[0]), 2: [cirq.X(q[1])]})  # doctest: +SKIP
+        >>> len(values)  # moments 0 and 2  # doctest: +SKIP
+        2
         """
         if isinstance(indexed_observables, dict):
             pairs = sorted((m, obs if isinstance(obs, list) else [obs]) for m, obs in indexed_observables.items())
