@@ -299,7 +299,10 @@ def scenario_c(repeats: int) -> dict:
 
 
 class Joiner:
-    """Add a worker ``delay`` s after ``start()``; ``ready``: seconds from ``start()`` until it registered (nan: never)."""
+    """Add a worker ``delay`` s after ``start()``.
+
+    ``ready``: seconds from ``start()`` until it registered (nan: never).
+    """
 
     def __init__(self, delay: float, add, client: Client) -> None:
         self.delay, self.add, self.client = delay, add, client
@@ -387,7 +390,8 @@ def scenario_e() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="a,b,c,d,e")
-    parser.add_argument("--repeats", type=int, default=3, help="(a)-(c): rounds in which serial, qdask and plain take turns")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="(a)-(c): rounds in which serial, qdask and plain take turns")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: at least 1 round is needed")
@@ -399,7 +403,7 @@ def main() -> None:
         if "skipped" in r:
             print(f"{r['name']:18} skipped: {r['skipped']}")
         elif "bound" in r:
-            def peer(k: str) -> str:
+            def peer(k: str, r: dict = r) -> str:
                 runs = " ".join(f"{t / r['bound']:.2f}" for t in r[f"{k}_runs"])
                 return f"{k} {r[k]:6.2f} s = {r[k] / r['bound']:.2f}x [{runs}]"
 
@@ -408,7 +412,7 @@ def main() -> None:
             if "split" in r:
                 # Round by round the peers ran minutes apart at most: the ratio within a round
                 # is what the machine's drifting speed (and so the best of each) blurs least.
-                def rounds(k: str) -> str:
+                def rounds(k: str, r: dict = r) -> str:
                     ratios = [t / u for t, u in zip(r[f"{k}_runs"], r["split_runs"])]
                     return f"{k}/split median {np.median(ratios):.2f} [{' '.join(f'{x:.2f}' for x in ratios)}]"
 
@@ -423,7 +427,8 @@ def main() -> None:
                       f"{2 / r['capacity']:.2f}x the bound on this machine now (2 = ideal)")
         elif "limit" in r:
             print(f"{r['name']:18} high-priority latency: median {r['median']:.3f} s, worst {r['worst']:.3f} s; "
-                  f"limit 2x(own + one backlog circuit) ~ {r['limit']:.3f} s from serial times: {r['within']}/20 within, "
+                  f"limit 2x(own + one backlog circuit) ~ {r['limit']:.3f} s from serial times: "
+                  f"{r['within']}/20 within, "
                   f"~ {r['limit_run']:.3f} s from the run times on the workers: {r['within_run']}/20 within; "
                   f"backlog {r['pending']}/{r['tasks']} tasks still pending after the last one")
         else:

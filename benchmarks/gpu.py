@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = len(os.sched_getaffinity(0))
     gpu_opts = RunOptions(max_fused_gate_size=args.fuse)
     cpu_opts = RunOptions(threads=threads)
-    print(f"GPU: {gpus[0].name}; CPU: {threads} threads; depth {args.depth}, {args.repetitions} samples, seed {args.seed}")
+    print(f"GPU: {gpus[0].name}; CPU: {threads} threads; depth {args.depth}, {args.repetitions} samples, "
+          f"seed {args.seed}")
 
     # CUDA context and module load happen on the first GPU call: keep them out of the timings.
     gpu.sample(random_circuit(4, 2, args.seed), 1, gpu_opts)

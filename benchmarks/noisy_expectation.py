@@ -31,6 +31,7 @@ Usage: ``python benchmarks/noisy_expectation.py [--workers 2] [--trajectories 10
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -40,8 +41,6 @@ import numpy as np
 import qsimcirq
 
 import qdask
-import multiprocessing
-
 from _machine import concurrent_span, speedup, turns
 from qdask import ClusterConfig, QuantumCluster
 
@@ -124,11 +123,13 @@ def main() -> None:
     print(f"{'serial':8} {best_serial:8.2f} {1.0:6.2f}")
     print(f"{'qdask':8} {best_qdask:8.2f} {best_serial / best_qdask:6.2f}   "
           f"({distributed.tasks} tasks on {distributed.workers} of {args.workers} workers)")  # type: ignore[attr-defined]
-    print(f"{'split':8} {best_split:8.2f} {best_serial / best_split:6.2f}   (presplit over {args.workers} processes, no Dask)")
+    print(f"{'split':8} {best_split:8.2f} {best_serial / best_split:6.2f}   "
+          f"(presplit over {args.workers} processes, no Dask)")
     rounds = [s / q for s, q in zip(times[0], times[1])]
     floor = [s / p for s, p in zip(times[0], times[2])]
     near = [p / q for p, q in zip(times[2], times[1])]
-    print("per round serial/qdask: " + " ".join(f"{r:.2f}" for r in rounds) + f"  median {statistics.median(rounds):.2f}")
+    print("per round serial/qdask: " + " ".join(f"{r:.2f}" for r in rounds)
+          + f"  median {statistics.median(rounds):.2f}")
     print("per round serial/split: " + " ".join(f"{r:.2f}" for r in floor) + f"  median {statistics.median(floor):.2f}")
     print("per round split/qdask:  " + " ".join(f"{r:.2f}" for r in near) + f"  median {statistics.median(near):.2f}")
     print(f"serial / qdask = {best_serial / best_qdask:.2f}x on {args.workers} workers (goal >= 1.7x); "

@@ -42,8 +42,10 @@ def circuit(n: int, depth: int, seed: int) -> cirq.Circuit:
     rng = np.random.default_rng(seed)
     c = cirq.Circuit()
     for d in range(depth):
-        c.append(cirq.PhasedXZGate(x_exponent=rng.random(), z_exponent=rng.random(), axis_phase_exponent=rng.random())(x)
-                 for x in q)
+        c.append(
+            cirq.PhasedXZGate(x_exponent=rng.random(), z_exponent=rng.random(), axis_phase_exponent=rng.random())(x)
+            for x in q
+        )
         c.append(cirq.CZ(q[i], q[i + 1]) for i in range(d % 2, n - 1, 2))
     return c
 
@@ -58,7 +60,9 @@ def best_time(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.nda
     return min(times), out
 
 
-def on_cluster(workers: int, c: cirq.Circuit, bitstrings: list[int], tasks: int, repeats: int) -> tuple[float, np.ndarray]:
+def on_cluster(
+    workers: int, c: cirq.Circuit, bitstrings: list[int], tasks: int, repeats: int
+) -> tuple[float, np.ndarray]:
     config = ClusterConfig(num_nodes=workers, threads_per_node=1, memory_per_node="2GiB")
     with QuantumCluster(config) as qc:
         client = qc.get_client()

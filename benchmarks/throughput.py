@@ -90,7 +90,8 @@ def serial(circuits: list[cirq.Circuit], reps: int, points: list[cirq.ParamResol
     """Seconds for serial qsimcirq: one simulator per circuit, or one ``run_sweep`` over the points."""
     t0 = time.perf_counter()
     if points is not None:
-        qsimcirq.QSimSimulator(qsimcirq.QSimOptions(cpu_threads=1), seed=1).run_sweep(circuits[0], points, repetitions=reps)
+        sim = qsimcirq.QSimSimulator(qsimcirq.QSimOptions(cpu_threads=1), seed=1)
+        sim.run_sweep(circuits[0], points, repetitions=reps)
     else:
         for i, c in enumerate(circuits):
             run_one(c, reps, i)
@@ -187,7 +188,11 @@ def main() -> None:
         for name in names:
             circuits, points = workload(name)
             reps = REPETITIONS[name]
-            peers: list[Callable[[], float]] = [lambda: serial(circuits, reps, points), QdaskRun(qc, circuits, points, reps)]
+            # Bound now: turns() below calls it within this iteration.
+            peers: list[Callable[[], float]] = [
+                lambda circuits=circuits, reps=reps, points=points: serial(circuits, reps, points),
+                QdaskRun(qc, circuits, points, reps),
+            ]
             if name == "mixed":
                 peers.append(QdaskRun(qc, circuits, points, reps, level="aggressive"))
             # Serial and qdask take turns, each the best of its runs after a warm-up.
@@ -201,7 +206,10 @@ def main() -> None:
                 row["serial (cold rounds)"], row["cold"] = turns(
                     [peers[0], QdaskRun(qc, circuits, points, reps, cold=True)], args.repeats)
             if points is None:
-                probe = circuits[: max(1, len(circuits) // 10)] if name == "flood" else [max(circuits, key=lambda c: len(c.all_qubits()))]
+                if name == "flood":
+                    probe = circuits[: max(1, len(circuits) // 10)]
+                else:
+                    probe = [max(circuits, key=lambda c: len(c.all_qubits()))]
                 row["capacity"] = qsim_capacity(probe, reps, cores)
             if args.monitoring:
                 monitor = qc.start_monitoring(qdask.MonitoringConfig(sampling_interval="100ms"))
@@ -221,23 +229,29 @@ def main() -> None:
         q = min(r["qdask"])
         plain = min(r["plain"]) if "plain" in r else float("nan")
         print(f"{r['workload']:6} {r['circuits']:5d} {r['reps']:4d} {min(r['serial']):9.2f} {bound:8.2f} {q:8.2f} "
-              f"{q / bound:8.2f} {plain:8.2f} {plain / bound:8.2f} {plain / q:8.1f} {r.get('capacity', float('nan')):8.2f}")
+              f"{q / bound:8.2f} {plain:8.2f} {plain / bound:8.2f} {plain / q:8.1f} "
+              f"{r.get('capacity', float('nan')):8.2f}")
     print("\nper round (serial and qdask in turns): qdask / (that round's serial / workers); plain Dask / qdask best")
     for r in rows:
         ratios = [q / (s / cores) for s, q in zip(r["serial"], r["qdask"])]
-        line = f"{r['workload']:6} q/bound " + " ".join(f"{x:.2f}" for x in ratios) + f"  median {statistics.median(ratios):.2f}"
+        line = (f"{r['workload']:6} q/bound " + " ".join(f"{x:.2f}" for x in ratios)
+                + f"  median {statistics.median(ratios):.2f}")
         if "plain" in r:
             line += "   plain/q " + " ".join(f"{p / min(r['qdask']):.1f}" for p in r["plain"])
         if "cold" in r:
             cold = [c / (s / cores) for s, c in zip(r["serial (cold rounds)"], r["cold"])]
-            line += "   cold/bound " + " ".join(f"{x:.2f}" for x in cold) + f"  median {statistics.median(cold):.2f}"
+            line += ("   cold/bound " + " ".join(f"{x:.2f}" for x in cold)
+                     + f"  median {statistics.median(cold):.2f}")
         if "aggressive" in r:
             agg = [a / (s / cores) for s, a in zip(r["serial"], r["aggressive"])]
-            line += "   aggressive/bound " + " ".join(f"{x:.2f}" for x in agg) + f"  median {statistics.median(agg):.2f}"
+            line += ("   aggressive/bound " + " ".join(f"{x:.2f}" for x in agg)
+                     + f"  median {statistics.median(agg):.2f}")
         print(line)
         if "qdask+mon" in r:
-            print(f"       monitoring at 100 ms: {min(r['qdask+mon']):.2f} s, overhead {100 * (min(r['qdask+mon']) / min(r['qdask']) - 1):+.1f}%")
-    print("\nqdask stages (metadata path: " + ", ".join(f"{r['workload']} {sorted(r['run'].paths)}" for r in rows) + ")")
+            overhead = 100 * (min(r["qdask+mon"]) / min(r["qdask"]) - 1)
+            print(f"       monitoring at 100 ms: {min(r['qdask+mon']):.2f} s, overhead {overhead:+.1f}%")
+    paths = ", ".join(f"{r['workload']} {sorted(r['run'].paths)}" for r in rows)
+    print(f"\nqdask stages (metadata path: {paths})")
     for r in rows:
         print(f"{r['workload']:6} {r['run'].breakdown(cores)}")
     print("qdask: default optimization level (basic: seeded samples equal serial qsimcirq's); cold: each run with "

@@ -47,7 +47,8 @@ def main() -> None:
     x = np.random.default_rng(args.seed).uniform(0.1, 0.8, size=2 * args.layers)
     circuits = 1 + 2 * args.layers * (problem.graph.number_of_edges() + args.qubits)
 
-    print(f"parallel capacity of this machine now: {parallel_capacity(args.workers):.2f}x with {args.workers} processes")
+    capacity = parallel_capacity(args.workers)
+    print(f"parallel capacity of this machine now: {capacity:.2f}x with {args.workers} processes")
     serial: Objective = problem.objective(qsimcirq.QSimSimulator(qsimcirq.QSimOptions(cpu_threads=1)))
     serial_times, rows, diff = [], [], 0.0
     for workers in (1, args.workers):
@@ -56,7 +57,8 @@ def main() -> None:
             sim = qdask.Simulator(qc.get_client())
             objective = problem.objective(sim)
             (ts, (f_serial, g_serial)), (t, (f, g)) = alternate(
-                [lambda: serial.value_and_gradient(x), lambda: objective.value_and_gradient(x)], args.repeats
+                [lambda: serial.value_and_gradient(x), lambda objective=objective: objective.value_and_gradient(x)],
+                args.repeats,
             )
             serial_times.append(ts)
             rows.append((f"qdask, {workers} worker(s) ({sim.engine.last.tasks} tasks)", t))
