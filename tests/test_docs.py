@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -151,6 +152,22 @@ def test_every_public_name_has_a_reference_entry(site):
         for member in _public_members(cls) if f"{home}.{member}" not in ids
     ]
     assert undocumented == [], "give these a numpydoc docstring"
+
+
+def test_public_classes_and_methods_have_examples():
+    # Numpydoc with an Examples section (house style) on each public type and its methods;
+    # one-line properties are exempt.
+    lacking = []
+    for home in sorted(set(_public_types().values())):
+        obj = _resolve(home)
+        members = [getattr(obj, m) for m in _public_members(obj)] if isinstance(obj, type) else []
+        for item in [obj, *members]:
+            if isinstance(item, property):
+                continue
+            doc = inspect.getdoc(item.__func__ if isinstance(item, classmethod) else item) or ""
+            if "Examples\n--------" not in doc:
+                lacking.append(getattr(item, "__qualname__", home))
+    assert lacking == [], "add an Examples section to these docstrings"
 
 
 def test_internals_are_not_in_the_reference(site):
