@@ -30,8 +30,10 @@ import dask
 from distributed import Future, as_completed
 from distributed.scheduler import KilledWorker
 
+from qdask.fault import client as fault_client
 from qdask.fault.checkpoint import content_keys
 from qdask.fault.events import ANNOTATION, ChunkIsolatedError, PoisonCircuitError
+from qdask.quantum.engine import register_batch_guard
 from qdask.quantum.execute import TaskResult, dump_tasks, run_chunk
 from qdask.quantum.plan import Chunk, Job
 
@@ -197,3 +199,12 @@ class BatchGuard:
                 return
             done = {i: r for i, r in by_index.items() if i not in self.poisoned}
             raise PoisonCircuitError(self.poisoned, attempts, done)
+
+
+def guard_batch(engine: Engine, jobs: list[Job]) -> BatchGuard | None:
+    """The engine's batch guard: one :class:`BatchGuard` per batch while the client's fault tolerance is on."""
+    ft = fault_client.active(engine.client)
+    return BatchGuard(engine, ft, jobs) if ft is not None else None
+
+
+register_batch_guard(guard_batch)

@@ -41,18 +41,21 @@ import dask
 import numpy as np
 
 from qdask import config
-from qdask.quantum.backends import QSIMH
+from qdask.quantum.backends import QSIMH, QSimBackend, RunOptions
 from qdask.quantum.cost import PARALLEL_MIN_QUBITS
 from qdask.quantum.validate import CircuitTooWideError, UnresolvedParametersError, UnsupportedGateError
-from qdask.resources import ANNOTATION, BYTES_PER_AMPLITUDE
+from qdask.quantum.engine import Engine, register_job_router
+from qdask.quantum.execute import TaskResult
+from qdask.quantum.plan import Chunk, ClusterView, Job
+from qdask.resources import ANNOTATION, BYTES_PER_AMPLITUDE, statevector_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from distributed import Client, Future
 
-    from qdask.quantum.execute import TaskResult
-    from qdask.quantum.plan import ClusterView, Job
+    from qdask.hybrid.levels import OptimizationPolicy
+    from qdask.quantum.analysis import CircuitInfo
 
 logger = logging.getLogger(__name__)
 
@@ -404,8 +407,6 @@ def submit_paths(
     ``threads`` (qsimh's ``t``) defaults to the cores per quantum slot for
     parts of :data:`~qdask.quantum.cost.PARALLEL_MIN_QUBITS` qubits or more, else 1.
     """
-    from qdask.quantum.plan import Chunk
-
     tasks = max(1, min(tasks, cut.prefixes))
     edges = np.linspace(0, cut.prefixes, tasks + 1).astype(int)
     if threads is None:
@@ -482,8 +483,6 @@ def compute_amplitudes(
     >>> compute_amplitudes(client, c, [0])  # doctest: +SKIP
     array([9.536743e-07+0.j], dtype=complex64)
     """
-    from qdask.quantum.engine import Engine
-
     view, _ = Engine(client).context()
     ntasks = tasks if tasks is not None else tasks_for(view)
     prep, cut = plan(circuit, qubit_order, view, tasks=ntasks)
@@ -507,8 +506,62 @@ def submit_job(client: Client, job: Job, view: ClusterView, priority: int) -> Fu
 
 
 def _job_result(index: int, phase: complex, *parts: tuple[np.ndarray, float, str]) -> list[TaskResult]:
-    from qdask.quantum.execute import TaskResult
-
     amplitudes = (sum(p[0] for p in parts) * phase).astype(np.complex64)
     workers = ",".join(sorted({p[2] for p in parts}))
     return [TaskResult(index, 0, QSIMH, sum(p[1] for p in parts), workers, amplitudes, int(amplitudes.nbytes))]
+
+
+class _PathRouter:
+    """The engine's route for ``qsimh`` amplitudes jobs: prefix paths spread over the workers."""
+
+    def claims(self, job: Job, policy: OptimizationPolicy) -> bool:
+        return job.backend == QSIMH and policy.split_paths
+
+    def submit(self, client: Client, job: Job, view: ClusterView, priority: int) -> Future:
+        return submit_job(client, job, view, priority)
+
+
+register_job_router(_PathRouter())
+
+
+class QSimhBackend:
+    """qsimh Schrödinger-Feynman amplitudes of circuits too wide for a state vector.
+
+    Memory is three state vectors of each half of the qubits, not one of all of
+    them; time grows with the Schmidt rank of the gates across the cut. The
+    engine spreads a circuit's prefix paths over the workers
+    (:mod:`qdask.hybrid.schrodinger_feynman`); :meth:`amplitudes` sums all of
+    them in one call (``optimization_level="none"``).
+    """
+
+    name = QSIMH
+
+    def available(self) -> bool:
+        return QSimBackend().available()
+
+    def version(self) -> str:
+        return QSimBackend().version()
+
+    def unsupported(self, info: CircuitInfo, work: str) -> str | None:
+        if work != "amplitudes":
+            return f"Schrödinger-Feynman computes amplitudes only (asked for {work})"
+        if info.has_noise:
+            return "the circuit has noise channels"
+        if info.num_qubits < 2:
+            return "a cut needs at least two qubits"
+        if info.unsupported_gates:
+            return f"gates without a unitary: {sorted(info.unsupported_gates)}"
+        return None
+
+    def memory_bytes(self, info: CircuitInfo, work: str) -> int:
+        """Least any cut needs: both halves equal (the chosen cut's own need is requested per task)."""
+        half = (info.num_qubits + 1) // 2
+        return STATES_PER_PART * 2 * statevector_bytes(half)
+
+    def amplitudes(
+        self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        prep = prepare(circuit, qubit_order)
+        # The halves the planner's memory check admitted.
+        cut = plan_cut(prep, max_part=(len(prep.qubits) + 1) // 2)
+        return serial_amplitudes(prep, cut, bitstrings, opts.threads)

@@ -576,53 +576,6 @@ class DensityMatrixBackend:
         return np.asarray(values, dtype=np.complex128)
 
 
-class QSimhBackend:
-    """qsimh Schrödinger-Feynman amplitudes of circuits too wide for a state vector.
-
-    Memory is three state vectors of each half of the qubits, not one of all of
-    them; time grows with the Schmidt rank of the gates across the cut. The
-    engine spreads a circuit's prefix paths over the workers
-    (:mod:`qdask.hybrid.schrodinger_feynman`); :meth:`amplitudes` sums all of
-    them in one call (``optimization_level="none"``).
-    """
-
-    name = QSIMH
-
-    def available(self) -> bool:
-        return QSimBackend().available()
-
-    def version(self) -> str:
-        return QSimBackend().version()
-
-    def unsupported(self, info: CircuitInfo, work: str) -> str | None:
-        if work != "amplitudes":
-            return f"Schrödinger-Feynman computes amplitudes only (asked for {work})"
-        if info.has_noise:
-            return "the circuit has noise channels"
-        if info.num_qubits < 2:
-            return "a cut needs at least two qubits"
-        if info.unsupported_gates:
-            return f"gates without a unitary: {sorted(info.unsupported_gates)}"
-        return None
-
-    def memory_bytes(self, info: CircuitInfo, work: str) -> int:
-        """Least any cut needs: both halves equal (the chosen cut's own need is requested per task)."""
-        from qdask.hybrid.schrodinger_feynman import STATES_PER_PART
-
-        half = (info.num_qubits + 1) // 2
-        return STATES_PER_PART * 2 * statevector_bytes(half)
-
-    def amplitudes(
-        self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions
-    ) -> np.ndarray:
-        from qdask.hybrid import schrodinger_feynman as sf
-
-        prep = sf.prepare(circuit, qubit_order)
-        # The halves the planner's memory check admitted.
-        cut = sf.plan_cut(prep, max_part=(len(prep.qubits) + 1) // 2)
-        return sf.serial_amplitudes(prep, cut, bitstrings, opts.threads)
-
-
 _REGISTRY: dict[str, Backend] | None = None
 
 

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cirq
 import dask
@@ -21,13 +21,9 @@ import numpy as np
 from distributed import Client, Future, as_completed
 from distributed.scheduler import KilledWorker
 
-from qdask.fault import client as fault
-from qdask.fault.batch import BatchGuard
-from qdask.hybrid import schrodinger_feynman
 from qdask.hybrid.levels import OptimizationPolicy
 from qdask.monitoring.progress import progress_bar, resolve_progress
 from qdask.quantum import qsim_fast
-from qdask.quantum.backends import QSIMH
 from qdask.quantum.errors import FIX, BatchError, TaskFailure
 from qdask.quantum.validate import find_unpicklable
 from qdask.quantum.execute import Shared, TaskResult, dump_tasks, paused_gc, run_chunk, run_chunk_then, unpack_records
@@ -43,7 +39,82 @@ from qdask.quantum.plan import (
 )
 from qdask.resources import ANNOTATION
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 logger = logging.getLogger(__name__)
+
+
+# -- extension points -----------------------------------------------------------
+# Features (fault tolerance, Schrödinger-Feynman paths, ...) sit in a layer above
+# the engine (docs/architecture.md): instead of the engine importing each of them,
+# each registers here when it is imported, and the engine asks what is registered.
+
+
+class BatchGuard(Protocol):
+    """What the engine asks while a guarded batch runs (:class:`qdask.fault.batch.BatchGuard`)."""
+
+    to_run: list[Job]
+    annotations: dict[str, Any]
+
+    def attach(self, sub: Submission, priority: int) -> None: ...
+    def result(self, fut: Future, futures: as_completed) -> list[TaskResult]: ...
+    def chunk(self, key: str) -> Chunk | None: ...
+    def record(self, fut: Future, results: list[TaskResult]) -> None: ...
+    def finish(self, by_index: dict[int, list[TaskResult]], errors: dict[int, BaseException]) -> None: ...
+
+
+class BatchGuardFactory(Protocol):
+    """Builds a guard for a batch, or returns None when its feature is off for the engine's client."""
+
+    def __call__(self, engine: Engine, jobs: list[Job]) -> BatchGuard | None: ...
+
+
+class JobRouter(Protocol):
+    """Takes over the jobs it claims: one future of ``[TaskResult]`` each, instead of chunks."""
+
+    def claims(self, job: Job, policy: OptimizationPolicy) -> bool: ...
+    def submit(self, client: Client, job: Job, view: ClusterView, priority: int) -> Future: ...
+
+
+_GUARDS: list[BatchGuardFactory] = []
+_ROUTERS: list[JobRouter] = []
+
+
+def register_batch_guard(factory: BatchGuardFactory) -> None:
+    """Let ``factory`` guard every batch it returns a guard for (idempotent)."""
+    if factory not in _GUARDS:
+        _GUARDS.append(factory)
+
+
+def register_job_router(router: JobRouter) -> None:
+    """Let ``router`` run the jobs it claims (idempotent)."""
+    if router not in _ROUTERS:
+        _ROUTERS.append(router)
+
+
+def _guard_for(engine: Engine, jobs: list[Job]) -> BatchGuard | None:
+    for factory in _GUARDS:
+        guard = factory(engine, jobs)
+        if guard is not None:
+            return guard
+    return None
+
+
+def _router_for(job: Job, policy: OptimizationPolicy) -> JobRouter | None:
+    return next((r for r in _ROUTERS if r.claims(job, policy)), None)
+
+
+def _routed(jobs: Iterable[Job], policy: OptimizationPolicy) -> tuple[list[tuple[Job, JobRouter]], list[Job]]:
+    """(jobs a router claims, with it; the jobs the engine chunks)."""
+    routed, rest = [], []
+    for job in jobs:
+        router = _router_for(job, policy)
+        if router is None:
+            rest.append(job)
+        else:
+            routed.append((job, router))
+    return routed, rest
 
 #: Threads that wait on Dask futures for the ``*_async`` methods (duet awaits them).
 _WAITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="qdask-wait")
@@ -184,13 +255,11 @@ class Engine:
                 extra=extra,
                 policy=policy,
             )
-            ft = fault.active(self.client)
-            # Circuits whose result is checkpointed are restored, not run.
-            guard = BatchGuard(self, ft, jobs) if ft is not None else None
+            # E.g. fault tolerance: circuits whose result is checkpointed are restored, not run.
+            guard = _guard_for(self, jobs)
             todo = guard.to_run if guard is not None else jobs
-            # Schrödinger-Feynman jobs are spread over prefix paths, not chunked.
-            paths = [j for j in todo if j.backend == QSIMH and policy.split_paths]
-            todo = [j for j in todo if not (j.backend == QSIMH and policy.split_paths)]
+            # E.g. Schrödinger-Feynman jobs are spread over prefix paths, not chunked.
+            paths, todo = _routed(todo, policy)
             prio = self.priority if priority is None else resolve_priority(priority)
             chunks = make_chunks(todo, view, target_chunk_seconds(todo, view, prio), policy, ceiling=prio < 0)
         sub = Submission(jobs, chunks, [], guard=guard, priority=prio)
@@ -209,8 +278,8 @@ class Engine:
                 sub.circuit_bytes += len(blob)
                 run = partial(run_chunk_then, finish, jobs, urgent=prio > 0) if sub.finished else run_chunk
                 sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio, batch=batch))
-        for job in paths:
-            sub.futures.append(schrodinger_feynman.submit_job(self.client, job, view, prio))
+        for job, router in paths:
+            sub.futures.append(router.submit(self.client, job, view, prio))
         if guard is not None:
             guard.attach(sub, prio)
         for job in jobs:

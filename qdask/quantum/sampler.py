@@ -10,6 +10,11 @@ import duet
 import numpy as np
 from distributed import Client, Future
 
+# Features that hook into the engine (docs/architecture.md), imported for their
+# registration: every Sampler and Simulator has fault tolerance's batch guard and
+# the Schrödinger-Feynman job router.
+import qdask.fault.batch  # noqa: F401
+import qdask.hybrid.schrodinger_feynman  # noqa: F401
 from qdask.quantum.engine import Engine, Result, Submission, sample_result
 from qdask.quantum.errors import raise_failures
 from qdask.quantum.execute import TaskResult
