@@ -161,7 +161,7 @@ class _Config:
             raise self._fail(name, f"one of {choices}", choices[0])
 
     def _check_int(
-        self, name: str, minimum: int, *, auto: bool = False, example: int | None = None
+        self, name: str, minimum: int, *, auto: bool = False, example: int | str | None = None
     ) -> None:
         value = getattr(self, name)
         if auto and value == "auto":

@@ -94,12 +94,14 @@ class Table(list):
         return list(self[0]) if self else []
 
     def _repr_html_(self) -> str:
-        return self.to_frame()._repr_html_()  # type: ignore[operator]
+        return self.to_frame()._repr_html_()
 
 
 def render(columns: list[tuple[str, list[str]]], width: int = WIDTH) -> str:
     """Aligned text of ``(header, cells)`` columns, leaving out those past ``width`` (named in a last line)."""
-    shown, left_out, used = [], [], 0
+    shown: list[tuple[str, list[str], int]] = []
+    left_out: list[str] = []
+    used = 0
     for header, cells in columns:
         w = max(len(header), *(len(c) for c in cells))
         if used + w + (2 if shown else 0) <= width:

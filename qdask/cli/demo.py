@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-import click
 import cirq
+import click
 import numpy as np
 
 from qdask.cli.common import attach
@@ -25,7 +25,8 @@ def random_circuits(
     out = []
     for _ in range(n):
         q = cirq.LineQubit.range(int(rng.integers(widths[0], widths[1] + 1)))
-        gates = {cirq.H: 1, cirq.S: 1, cirq.CNOT: 2, cirq.CZ: 2} if rng.random() < clifford_share else None
+        clifford: dict[cirq.Gate, int] = {cirq.H: 1, cirq.S: 1, cirq.CNOT: 2, cirq.CZ: 2}
+        gates = clifford if rng.random() < clifford_share else None
         c = cirq.testing.random_circuit(
             q, n_moments=depth, op_density=0.8, gate_domain=gates, random_state=int(rng.integers(2**31))
         )
@@ -48,7 +49,7 @@ def run_demo(*, address: str | None, n_circuits: int, seed: int, progress: bool,
     with attach(address) as qc:
         client = qc.get_client()
         click.echo(f"qdask cluster {qc.scheduler_address}, {len(client.nthreads())} worker(s)")
-        monitor = qc.start_monitoring(MonitoringConfig(sampling_interval="250ms"))
+        monitor = qc.start_monitoring(MonitoringConfig(sampling_interval=0.25))
         sampler = Sampler(client, seed=seed, progress=progress)
         t1 = time.perf_counter()
         results = sampler.run_batch(circuits, repetitions=200)

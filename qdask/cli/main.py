@@ -40,7 +40,7 @@ def info(address: str | None) -> None:
         from qdask.worker.discovery import discover
 
         caps = discover(nthreads=usable_cores(), memory_limit=None)
-        rows = [
+        rows: list[dict[str, object]] = [
             {"property": k, "value": format_value(k, v)}
             for k, v in caps.to_dict().items()
             if k not in ("gpus",)
