@@ -93,8 +93,8 @@ def test_aggressive_spreads_shots_fuses_wide_circuits_and_routes_samples():
     assert sorted(t.start for c in aggr for t in c.tasks) == [0, 500, 1000, 1500]
     assert np.array_equal(np.concatenate([c.tasks[0].seeds for c in sorted(aggr, key=lambda c: c.tasks[0].start)]),
                           jobs[0].seeds)  # same seed stream: same samples as unsplit
-    assert all(c.annotation(0)["route"] == LOWEST_ERROR for c in aggr)
-    assert "route" not in basic[0].annotation(0)
+    assert all(c.annotation(0).route == LOWEST_ERROR for c in aggr)
+    assert "route" not in basic[0].annotation(0).to_dict()
     wide = cirq.Circuit(cirq.H.on_each(*cirq.LineQubit.range(18)), cirq.measure(*cirq.LineQubit.range(18), key="m"))
     for level, size in (("basic", 2), ("aggressive", POLICIES["aggressive"].fused_gate_size)):
         _, chunks = _plan([wide], policy=POLICIES[level])

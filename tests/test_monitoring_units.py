@@ -25,7 +25,7 @@ from qdask.monitoring.results import (
     ErrorStatistics,
     ResourceMetrics,
 )
-from qdask.monitoring.sampler import totals
+from qdask.monitoring.monitor import totals
 from qdask.monitoring.tracing import ChromeTrace
 
 DOCS = Path(__file__).parents[1] / "docs" / "monitoring.md"

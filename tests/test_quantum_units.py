@@ -16,6 +16,7 @@ import sympy
 
 from qdask.quantum import backends as bk
 from qdask.quantum.analysis import analyze
+from qdask.quantum.annotation import TaskAnnotation
 from qdask.quantum.cost import CostModel
 from qdask.quantum.execute import Shared, dump_tasks, load_tasks, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority, target_chunk_seconds
@@ -152,7 +153,9 @@ def test_small_jobs_are_packed_and_big_ones_run_alone_longest_first():
     assert 1 < len(small_chunks) < 40
     assert sorted(t.index for c in chunks for t in c.tasks) == list(range(41))
     ann = chunks[0].annotation(priority=10)
-    assert ann["kind"] == "circuit" and ann["qubits"] == 22 and ann["priority"] == 10 and ann["est_seconds"] > 0
+    assert ann.kind == "circuit" and ann.qubits == 22 and ann.priority == 10 and ann.est_seconds > 0
+    assert TaskAnnotation.from_dict(ann.to_dict()) == ann  # what the scheduler side reads back
+    assert TaskAnnotation.from_dict({"qubits": 20, "gpu": 1}) is None  # a user's task: not a circuit task
     assert chunks[0].cost_class != small_chunks[-1].cost_class
 
 

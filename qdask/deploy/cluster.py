@@ -23,16 +23,16 @@ from qdask.config import (
 )
 from qdask.deploy import elastic, forkserver, guard, mpi, nannies, spec
 from qdask.deploy.connect import connect_client
-from qdask.deploy.gpu import start_cuda_cluster
+from qdask.deploy.gpu import gpu_assignment, start_cuda_cluster
 from qdask.fault import client as fault
 from qdask.fault.events import NetworkError, NodeFailure, QuantumError, RecoveryEvent
 from qdask.fault.handlers import FailureHandlers, Handler
 from qdask.monitoring import client as monitoring
 from qdask.monitoring.results import AnalysisResult, DetailedMetrics, ErrorStatistics, ResourceMetrics
-from qdask.table import RESOURCES_SUMMARY, Table
+from qdask.resources import detect_gpus
 from qdask.scheduler import balancer
 from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
-from qdask.resources import detect_gpus
+from qdask.table import RESOURCES_SUMMARY, Table
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class QuantumCluster:
                 "0 with protocol 'inproc' (threads of one process cannot see different GPUs)",
                 "use protocol 'tcp' (the default), or HybridConfig(gpu_per_node=0).",
             )  # fmt: skip
-        return spec.gpu_assignment(lay, detect_gpus())
+        return gpu_assignment(lay, detect_gpus())
 
     @staticmethod
     def _ensure_plugins(client: Client) -> None:

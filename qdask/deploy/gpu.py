@@ -214,6 +214,39 @@ def select_gpus(num_gpus: int | str, gpus: list[GPUInfo]) -> list[GPUInfo]:
     return [g for g in gpus if g.index in chosen]
 
 
+def gpu_assignment(lay: spec.Layout, gpus: list[GPUInfo]) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each quantum worker of a hybrid layout with GPUs.
+
+    Each quantum worker gets ``gpu_per_node`` GPUs of its own, taken from
+    those with the most free memory (:func:`select_gpus`),
+    in index order.
+
+    Raises
+    ------
+    ConfigError
+        When fewer GPUs are visible than the quantum workers need.
+
+    Examples
+    --------
+    >>> gpus = [GPUInfo(i, "H200", 2**37, 2**37) for i in range(4)]
+    >>> gpu_assignment(spec.Layout(2, 1, 1, 2**30, gpu_per_node=2), gpus)
+    ['0,1', '2,3']
+    """
+    need = lay.quantum * lay.gpu_per_node
+    visible = ", ".join(f"{g.index}: {g.name}" for g in gpus) or "none (NVML)"
+    if need > len(gpus):
+        raise ConfigError(
+            "HybridConfig", "gpu_per_node", lay.gpu_per_node,
+            f"at most {len(gpus) // max(lay.quantum, 1)} for {lay.quantum} quantum worker(s) "
+            f"(visible GPUs: {visible})",
+            "pass HybridConfig(gpu_per_node=0) for CPU quantum workers, fewer quantum_nodes, "
+            "or run where NVML sees enough GPUs (check CUDA_VISIBLE_DEVICES).",
+        )  # fmt: skip
+    chosen = [g.index for g in select_gpus(need, gpus)]
+    per = lay.gpu_per_node
+    return [",".join(map(str, chosen[i * per:(i + 1) * per])) for i in range(lay.quantum)]
+
+
 def cuda_options(
     config: ClusterConfig, gpu: MultiGPUConfig, gpus: list[GPUInfo] | None = None
 ) -> CUDAOptions:

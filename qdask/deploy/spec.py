@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from qdask.config import ClusterConfig, ConfigError, HybridConfig
-from qdask.resources import GPUInfo, usable_cores
+from qdask.config import ClusterConfig, HybridConfig
+from qdask.resources import usable_cores
 from qdask.scheduler.plugin import QuantumSchedulerPlugin
 from qdask.worker.plugin import QuantumWorkerPlugin
 
@@ -62,38 +62,3 @@ def layout(config: ClusterConfig, hybrid: HybridConfig | None = None) -> Layout:
         memory = int(config.memory_per_node)
     gpus = hybrid.gpu_per_node if hybrid is not None else 0
     return Layout(quantum, classical, config.threads_per_node, memory, gpus)
-
-
-def gpu_assignment(lay: Layout, gpus: list[GPUInfo]) -> list[str]:
-    """``CUDA_VISIBLE_DEVICES`` of each quantum worker of a hybrid layout with GPUs.
-
-    Each quantum worker gets ``gpu_per_node`` GPUs of its own, taken from
-    those with the most free memory (:func:`qdask.deploy.gpu.select_gpus`),
-    in index order.
-
-    Raises
-    ------
-    ConfigError
-        When fewer GPUs are visible than the quantum workers need.
-
-    Examples
-    --------
-    >>> gpus = [GPUInfo(i, "H200", 2**37, 2**37) for i in range(4)]
-    >>> gpu_assignment(Layout(2, 1, 1, 2**30, gpu_per_node=2), gpus)
-    ['0,1', '2,3']
-    """
-    from qdask.deploy.gpu import select_gpus
-
-    need = lay.quantum * lay.gpu_per_node
-    visible = ", ".join(f"{g.index}: {g.name}" for g in gpus) or "none (NVML)"
-    if need > len(gpus):
-        raise ConfigError(
-            "HybridConfig", "gpu_per_node", lay.gpu_per_node,
-            f"at most {len(gpus) // max(lay.quantum, 1)} for {lay.quantum} quantum worker(s) "
-            f"(visible GPUs: {visible})",
-            "pass HybridConfig(gpu_per_node=0) for CPU quantum workers, fewer quantum_nodes, "
-            "or run where NVML sees enough GPUs (check CUDA_VISIBLE_DEVICES).",
-        )  # fmt: skip
-    chosen = [g.index for g in select_gpus(need, gpus)]
-    per = lay.gpu_per_node
-    return [",".join(map(str, chosen[i * per:(i + 1) * per])) for i in range(lay.quantum)]

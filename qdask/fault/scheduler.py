@@ -83,7 +83,7 @@ from qdask.fault.events import (
     RecoveryPlan,
     is_network_error,
 )
-from qdask.monitoring.sampler import circuit_annotation
+from qdask.quantum.annotation import TaskAnnotation, is_circuit_task
 
 if TYPE_CHECKING:
     from distributed.active_memory_manager import SuggestionGenerator
@@ -294,8 +294,8 @@ class FaultManager:
         """
         longest = 0.0
         for ts in ws.executing:
-            meta = circuit_annotation(ts) or {}
-            longest = max(longest, float(meta.get("est_seconds", 0.0) or 0.0))
+            ann = TaskAnnotation.of(ts)
+            longest = max(longest, float(ann.est_seconds or 0.0) if ann is not None else 0.0)
         return base + 4 * longest
 
     async def check_worker_ttl(self) -> None:
@@ -460,14 +460,14 @@ class FaultManager:
 
     def _isolate(self, ts: TaskState) -> bool:
         """Mark a chunk of several circuits so that its retry hands them back one by one."""
-        ann = circuit_annotation(ts)
+        ann = TaskAnnotation.of(ts)
         old = ts.annotations or {}
         # Only a batch a client collects can take the circuits back (the chunk is annotated so);
         # a chunk other tasks depend on (Sampler.submit) keeps its key and is retried whole.
         if (
             self.config is None
             or ann is None
-            or int(ann.get("circuits", 1)) < 2
+            or int(ann.circuits) < 2
             or not old.get(ANNOTATION, {}).get("isolatable")
             or ts.dependents
         ):
@@ -662,7 +662,7 @@ class FaultManager:
             or self.config.replication_factor <= 1
             or ts.state != "memory"
             or not ts.who_has
-            or circuit_annotation(ts) is None
+            or not is_circuit_task(ts)
         ):
             return None
         repl, drop = pending.get(ts, (set(), set()))

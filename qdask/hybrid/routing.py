@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from qdask import config
 from qdask.hybrid.levels import OptimizationPolicy
+from qdask.quantum.annotation import TaskAnnotation
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState
@@ -130,8 +131,8 @@ class HybridRouting:
             ts = s.tasks.get(key)
             if ts is None or ts.state != "released" or ts.run_spec is None:
                 continue
-            meta = qdask_annotations.get(key)
-            if isinstance(meta, dict) and meta.get("route") == LOWEST_ERROR:
+            ann = TaskAnnotation.from_dict(qdask_annotations.get(key))
+            if ann is not None and ann.route == LOWEST_ERROR:
                 self._route(ts)
             elif classical and not (ts.resource_restrictions or ts.worker_restrictions or ts.host_restrictions):
                 ts.worker_restrictions = set(classical)

@@ -33,7 +33,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import cirq
@@ -43,10 +43,10 @@ import numpy as np
 from qdask import config
 from qdask.quantum.backends import QSIMH, QSimBackend, RunOptions
 from qdask.quantum.cost import PARALLEL_MIN_QUBITS
-from qdask.quantum.validate import CircuitTooWideError, UnresolvedParametersError, UnsupportedGateError
 from qdask.quantum.engine import Engine, register_job_router
 from qdask.quantum.execute import TaskResult
 from qdask.quantum.plan import Chunk, ClusterView, Job
+from qdask.quantum.validate import CircuitTooWideError, UnresolvedParametersError, UnsupportedGateError
 from qdask.resources import ANNOTATION, BYTES_PER_AMPLITUDE, statevector_bytes
 
 if TYPE_CHECKING:
@@ -417,8 +417,8 @@ def submit_paths(
         # A Chunk gives the same annotation and cost-class key as other circuit
         # tasks, so placement, monitoring and duration learning treat them alike.
         chunk = Chunk([], per_prefix * int(b - a), cut.memory, max(cut.sizes))
-        annotation = {**chunk.annotation(priority), "backend": QSIMH, "circuits": int(i == 0)}
-        with dask.annotate(**{ANNOTATION: annotation}):
+        annotation = replace(chunk.annotation(priority), backend=QSIMH, circuits=int(i == 0))
+        with dask.annotate(**{ANNOTATION: annotation.to_dict()}):
             futures.append(
                 client.submit(
                     path_amplitudes,

@@ -2,7 +2,7 @@
 
 Layout (scheduler side unless noted):
 
-* :mod:`~qdask.monitoring.sampler` -- the :class:`Monitor` owned by the qdask
+* :mod:`~qdask.monitoring.monitor` -- the :class:`Monitor` owned by the qdask
   scheduler plugin, and the transition hook that tracks circuit tasks;
 * :mod:`~qdask.monitoring.events` -- the store of failures, recoveries,
   migrations and scaling events that other subsystems feed;

@@ -1,6 +1,6 @@
 """Averages of sample records: what ``metrics()`` and ``detailed_metrics()`` return.
 
-Pure functions of the records built by :class:`~qdask.monitoring.sampler.Monitor`,
+Pure functions of the records built by :class:`~qdask.monitoring.monitor.Monitor`,
 so they are tested without a cluster.
 """
 

@@ -1,7 +1,7 @@
 """Always-on counts of finished circuits and batches, for ``/metrics``.
 
 :class:`CircuitCounters` is a scheduler plugin (``scheduler.plugins["qdask-circuits"]``)
-installed with the :class:`~qdask.monitoring.sampler.Monitor`, whether sampling
+installed with the :class:`~qdask.monitoring.monitor.Monitor`, whether sampling
 runs or not: Prometheus counters must count from the scheduler's start, or a
 scrape between two ``start_monitoring`` calls would see them go back. Its
 transition hook returns at once for every transition but ``processing ->
@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from dask.utils import key_split
 from distributed import SchedulerPlugin
+
+from qdask.quantum.annotation import TaskAnnotation
+from qdask.resources import ANNOTATION
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler
@@ -93,18 +96,17 @@ class CircuitCounters(SchedulerPlugin):
         self.batches = 0
 
     def update_graph(self, scheduler: Scheduler, *, annotations: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        from qdask.resources import ANNOTATION
-
-        for key, ann in ((annotations or {}).get(ANNOTATION) or {}).items():
-            if isinstance(ann, dict) and ann.get("batch") is not None:
+        for key, raw in ((annotations or {}).get(ANNOTATION) or {}).items():
+            ann = TaskAnnotation.from_dict(raw)
+            if ann is not None and ann.batch is not None:
                 self._batch(ann, key)
 
-    def _batch(self, ann: dict[str, Any], key: Hashable) -> dict[str, Any]:
-        batch = str(ann["batch"])
+    def _batch(self, ann: TaskAnnotation, key: Hashable) -> dict[str, Any]:
+        batch = str(ann.batch)
         progress = self.batch_progress.get(batch)
         if progress is None:
             progress = self.batch_progress[batch] = {
-                "batch": batch, "kind": work_kind(key), "tasks": int(ann.get("batch_tasks") or 0),
+                "batch": batch, "kind": work_kind(key), "tasks": int(ann.batch_tasks or 0),
                 "done": 0, "circuits": 0, "started": time.time(), "finished": None,
             }
             while len(self.batch_progress) > BATCHES_KEPT:
@@ -114,17 +116,15 @@ class CircuitCounters(SchedulerPlugin):
     def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if start != "processing" or finish != "memory":
             return
-        from qdask.monitoring.sampler import circuit_annotation
-
-        ann = circuit_annotation(self.scheduler.tasks.get(key))
+        ann = TaskAnnotation.of(self.scheduler.tasks.get(key))
         if ann is None:
             return
-        n = max(int(ann.get("circuits") or 1), 1)
-        self.circuits[(str(ann.get("backend") or "unknown"), work_kind(key))] += n
+        n = max(int(ann.circuits or 1), 1)
+        self.circuits[(str(ann.backend or "unknown"), work_kind(key))] += n
         self.prefix_circuits[key_split(key)] += n
-        if isinstance(ann.get("qubits"), int):
-            self.widths[ann["qubits"]] += n
-        if ann.get("batch") is not None:
+        if isinstance(ann.qubits, int):
+            self.widths[ann.qubits] += n
+        if ann.batch is not None:
             progress = self._batch(ann, key)
             progress["done"] += 1
             progress["circuits"] += n

@@ -17,13 +17,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from qdask import _compat
+from qdask.monitoring.counters import BUCKETS
 from qdask.monitoring.events import FAILURE_KINDS, SCALING_KINDS
+from qdask.quantum.annotation import TaskAnnotation
+from qdask.scheduler.placement import worker_resources
+from qdask.table import format_seconds
 
 if TYPE_CHECKING:
     from bokeh.document import Document
     from distributed.scheduler import Scheduler
 
-    from qdask.monitoring.sampler import Monitor
+    from qdask.monitoring.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +162,6 @@ def batch_rows(progress: list[dict[str, Any]], live: dict[str, tuple[int, int, f
     >>> rows["progress"], rows["eta"]
     (['4/10'], ['~12 s'])
     """
-    from qdask.table import format_seconds
-
     rows: dict[str, list[Any]] = {k: [] for k, _ in BATCH_COLUMNS}
     for p in reversed(progress[-BATCHES_SHOWN:]):
         running, waiting, est = live.get(p["batch"], (0, 0, 0.0))
@@ -414,8 +416,6 @@ class QdaskPage:
         """Circuits/s, per backend, durations, widths and the progress line."""
         import time
 
-        from qdask.monitoring.counters import BUCKETS
-        from qdask.monitoring.sampler import circuit_annotation, worker_resources
 
         counters = monitor.counters
         now, total = time.time(), counters.total
@@ -447,16 +447,16 @@ class QdaskPage:
         live: dict[str, list[float]] = {}  # { batch: [running, waiting, est seconds] }
         for key in monitor.tracker.ready if monitor.tracking else ():
             ts = self.scheduler.tasks.get(key)
-            ann = circuit_annotation(ts)
+            ann = TaskAnnotation.of(ts)
             if ts is None or ann is None:
                 continue
             is_running = ts.state == "processing" and ts.processing_on is not None and ts in ts.processing_on.executing
             running += is_running
             waiting += not is_running
-            est = float(ann.get("est_seconds") or 0.0)
+            est = float(ann.est_seconds or 0.0)
             seconds_left += est
-            if ann.get("batch") is not None:
-                acc = live.setdefault(str(ann["batch"]), [0, 0, 0.0])
+            if ann.batch is not None:
+                acc = live.setdefault(str(ann.batch), [0, 0, 0.0])
                 acc[0 if is_running else 1] += 1
                 acc[2] += est
         slots = sum(worker_resources(ws)["quantum_slots"] for ws in self.scheduler.workers.values())
@@ -506,8 +506,6 @@ class QdaskPage:
             self.workers_source.data = data
 
     def _update_capacity(self) -> None:
-        from qdask.monitoring.sampler import worker_resources
-
         rows = {k: [] for k in self.capacity_source.data}
         for ws in self.scheduler.workers.values():
             res = worker_resources(ws)

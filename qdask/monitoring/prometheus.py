@@ -50,13 +50,15 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.http.prometheus import PrometheusCollector
 
+from qdask.monitoring.counters import BUCKETS
 from qdask.monitoring.events import KINDS
 from qdask.monitoring.worker import METRIC
+from qdask.scheduler.placement import worker_resources
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from qdask.monitoring.sampler import Monitor
+    from qdask.monitoring.monitor import Monitor
 
 #: Monitors of the schedulers alive in this process.
 _MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()
@@ -85,10 +87,6 @@ class QdaskCollector(PrometheusCollector):
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-        from qdask.monitoring.counters import BUCKETS
-
-        from qdask.monitoring.sampler import worker_resources
 
         monitors = [m for m in list(_MONITORS) if m.scheduler.status.name == "running"]
         if not monitors:

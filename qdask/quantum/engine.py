@@ -25,7 +25,6 @@ from qdask.hybrid.levels import OptimizationPolicy
 from qdask.monitoring.progress import progress_bar, resolve_progress
 from qdask.quantum import qsim_fast
 from qdask.quantum.errors import FIX, BatchError, TaskFailure
-from qdask.quantum.validate import find_unpicklable
 from qdask.quantum.execute import Shared, TaskResult, dump_tasks, paused_gc, run_chunk, run_chunk_then, unpack_records
 from qdask.quantum.plan import (
     Chunk,
@@ -37,6 +36,7 @@ from qdask.quantum.plan import (
     resolve_priority,
     target_chunk_seconds,
 )
+from qdask.quantum.validate import find_unpicklable
 from qdask.resources import ANNOTATION
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ class Engine:
         *, batch: dict[str, Any] | None = None,
     ) -> Future:
         key = f"{chunk.task_name(work)}-{uuid.uuid4().hex}"  # e.g. qdask_sample_16q_6.4ms-<id> on Dask's pages
-        with dask.annotate(**{ANNOTATION: {**chunk.annotation(priority), **(batch or {})}}):
+        with dask.annotate(**{ANNOTATION: {**chunk.annotation(priority).to_dict(), **(batch or {})}}):
             return self.client.submit(
                 run,
                 blob,

@@ -17,11 +17,12 @@ import sympy
 from dask.utils import format_bytes, parse_bytes
 
 from qdask import config
-from qdask.quantum import backends as bk
 from qdask.hybrid.levels import OptimizationPolicy
 from qdask.hybrid.routing import LOWEST_ERROR
+from qdask.quantum import backends as bk
 from qdask.quantum import qsim_fast
 from qdask.quantum.analysis import CircuitInfo, analyze
+from qdask.quantum.annotation import TaskAnnotation
 from qdask.quantum.cost import CostModel
 from qdask.quantum.qsim_fast import CompactCircuit, GateTable
 from qdask.quantum.validate import (
@@ -36,8 +37,8 @@ from qdask.quantum.validate import (
     check_program,
     check_repetitions,
 )
-from qdask.scheduler.placement import resolve_priority
 from qdask.resources import GPU, QUANTUM, STATEVECTOR_BYTES, max_qubits_for
+
 
 @dataclass(frozen=True)
 class ClusterView:
@@ -131,21 +132,18 @@ class Chunk:
     qubits: int
     route: str | None = None  # "lowest-error": noise-aware routing (qdask.hybrid.routing)
 
-    def annotation(self, priority: int) -> dict[str, Any]:
-        """The ``qdask`` task annotation read by scheduling, elastic scaling and monitoring."""
+    def annotation(self, priority: int) -> TaskAnnotation:
+        """The task annotation read by scheduling, elastic scaling, fault tolerance and monitoring."""
         backends = {t.backend for t in self.tasks}
-        annotation = {
-            "kind": "circuit",
-            "circuits": len(self.tasks),
-            "qubits": self.qubits,
-            "backend": backends.pop() if len(backends) == 1 else "mixed",
-            "est_seconds": self.est_seconds,
-            "statevector_bytes": self.memory,
-            "priority": priority,
-        }
-        if self.route is not None:
-            annotation["route"] = self.route
-        return annotation
+        return TaskAnnotation(
+            circuits=len(self.tasks),
+            qubits=self.qubits,
+            backend=backends.pop() if len(backends) == 1 else "mixed",
+            est_seconds=self.est_seconds,
+            statevector_bytes=self.memory,
+            priority=priority,
+            route=self.route,
+        )
 
     def resources(self) -> dict[str, float]:
         """Dask resources the chunk's task requests: a slot, its state vector, a GPU if it uses one."""

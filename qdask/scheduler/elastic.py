@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from distributed.core import Status
 
 from qdask.monitoring.events import EventStore
-from qdask.resources import ANNOTATION, QUANTUM
+from qdask.quantum.annotation import TaskAnnotation
+from qdask.resources import QUANTUM
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
@@ -42,10 +43,8 @@ KINDS = ("scale_up", "scale_down")
 
 def circuit_seconds(ts: TaskState) -> float:
     """The cost model's estimate of a circuit task; 0 for any other task (or an estimate of 0)."""
-    meta = (ts.annotations or {}).get(ANNOTATION)
-    if isinstance(meta, dict) and meta.get("kind") == "circuit":
-        return float(meta.get("est_seconds", 0.0))
-    return 0.0
+    ann = TaskAnnotation.of(ts)
+    return float(ann.est_seconds) if ann is not None else 0.0
 
 
 def desired_nodes(

@@ -60,6 +60,7 @@ from dask.utils import format_bytes
 from distributed.core import Status
 
 from qdask import _compat, config
+from qdask.quantum.annotation import TaskAnnotation
 from qdask.resources import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
 
 if TYPE_CHECKING:
@@ -151,7 +152,8 @@ class Placement:
             ts = s.tasks.get(key)
             if ts is None or not isinstance(meta, dict):
                 continue
-            if meta.get("kind") != "circuit":  # a user's own task
+            ann = TaskAnnotation.from_dict(meta)
+            if ann is None:  # a user's own task
                 extra = requirements(meta)
                 if extra:
                     ts.resource_restrictions = {**(ts.resource_restrictions or {}), **extra}
@@ -159,8 +161,8 @@ class Placement:
                     ts.priority = _compat.with_priority(ts.priority, user=resolve_priority(meta["priority"]))
             else:
                 if ts.priority:
-                    ts.priority = _compat.with_priority(ts.priority, order=-float(meta.get("est_seconds", 0.0)))
-                if self._pullable(ts.resource_restrictions, meta):
+                    ts.priority = _compat.with_priority(ts.priority, order=-float(ann.est_seconds))
+                if self._pullable(ts.resource_restrictions, ann):
                     if len(self.pulled) >= self._prune_at:
                         self._prune()
                     self.pulled[key] = request = ts.resource_restrictions
@@ -187,11 +189,11 @@ class Placement:
         self.pulled = {k: r for k, r in self.pulled.items() if k in s.tasks and s.tasks[k].state in ("queued", "processing")}
         self._prune_at = max(PRUNE_AT, 2 * len(self.pulled))
 
-    def _pullable(self, request: dict[str, float] | None, meta: dict[str, Any]) -> bool:
+    def _pullable(self, request: dict[str, float] | None, ann: TaskAnnotation) -> bool:
         """Rule 5: every worker can run this chunk on every thread, and it asks for nothing else."""
-        if not request or set(request) - {QUANTUM, STATEVECTOR_BYTES} or meta.get("route"):
+        if not request or set(request) - {QUANTUM, STATEVECTOR_BYTES} or ann.route:
             return False
-        if meta.get("priority", 0) > 0:
+        if ann.priority > 0:
             # Urgent work goes straight to a worker's queue, where it runs next;
             # from the scheduler's queue it would wait for a slot behind the
             # chunk each worker already holds.
@@ -298,3 +300,28 @@ def _fits_every_thread(ws: WorkerState, request: dict[str, float]) -> bool:
         ws.resources.get(QUANTUM, 0) >= threads
         and ws.resources.get(STATEVECTOR_BYTES, 0) >= 2 * threads * request.get(STATEVECTOR_BYTES, 0)
     )
+
+
+def worker_resources(ws: WorkerState) -> dict[str, float]:
+    """Capacity and use of one worker's qdask resources.
+
+    The use counts every circuit task the scheduler assigned to the worker,
+    including those waiting there for a slot (Dask sends restricted tasks at
+    once; pulled chunks, see :func:`qdask.scheduler.placement.used_resources`,
+    up to ``worker-saturation``), so "busy" is the use capped at the capacity
+    and the rest is the worker's queue.
+    """
+    res, used = ws.resources, used_resources(ws)
+    slots = res.get(QUANTUM, 0.0)
+    used_slots = used.get(QUANTUM, 0.0)
+    sv = res.get(STATEVECTOR_BYTES, 0.0)
+    gpus = res.get(GPU, 0.0)
+    return {
+        "quantum_slots": slots,
+        "quantum_busy": min(used_slots, slots),
+        "quantum_queued": max(used_slots - slots, 0.0),
+        "statevector_bytes": sv,
+        "statevector_used": min(used.get(STATEVECTOR_BYTES, 0.0), sv),
+        "gpus": gpus,
+        "gpus_busy": min(used.get(GPU, 0.0), gpus),
+    }

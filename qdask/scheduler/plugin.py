@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import SchedulerPlugin
 
-from qdask.monitoring import dashboard
-from qdask.monitoring.events import EventStore
-from qdask.monitoring.sampler import Monitor
 from qdask.config import LoadBalancerConfig
 from qdask.fault.events import ANNOTATION as FAULT_ANNOTATION
 from qdask.fault.events import WORKER_TOPIC as QUANTUM_ERRORS_TOPIC
 from qdask.fault.scheduler import FaultManager
 from qdask.hybrid.routing import TOPIC as NOISE_TOPIC
 from qdask.hybrid.routing import HybridRouting
+from qdask.monitoring import dashboard
+from qdask.monitoring.events import EventStore
+from qdask.monitoring.monitor import Monitor
+from qdask.resources import ANNOTATION
 from qdask.scheduler.balancer import LoadBalancer
 from qdask.scheduler.elastic import ElasticSupport
 from qdask.scheduler.placement import Placement
 from qdask.scheduler.registry import ResourceRegistry
-from qdask.resources import ANNOTATION
 from qdask.worker.plugin import CAPABILITIES_TOPIC
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
     ``qdask_registry_events``
         joins and leaves with their times and causes.
     ``qdask_monitor_*``, ``qdask_metrics``, ``qdask_analyze``, ...
-        monitoring (see :meth:`qdask.monitoring.sampler.Monitor.handlers`).
+        monitoring (see :meth:`qdask.monitoring.monitor.Monitor.handlers`).
     ``qdask_fault_*``
         fault tolerance (see :meth:`qdask.fault.scheduler.FaultManager.handlers`).
     ``qdask_elastic_*``
@@ -68,7 +68,7 @@ class QuantumSchedulerPlugin(SchedulerPlugin):
     events : qdask.monitoring.events.EventStore
         Failures, recoveries, migrations and scaling events; fault tolerance,
         the load balancer and elastic scaling record theirs here.
-    monitor : qdask.monitoring.sampler.Monitor
+    monitor : qdask.monitoring.monitor.Monitor
         The metrics sampler (off until ``start_monitoring``).
     fault : qdask.fault.scheduler.FaultManager
         Failure detection, redistribution and recovery timing (always on), and

@@ -1,4 +1,4 @@
-"""The scheduler-side sampler: one record of the whole cluster every ``sampling_interval``.
+"""The scheduler-side monitor: one record of the whole cluster every ``sampling_interval``.
 
 :class:`Monitor` is owned by the qdask scheduler plugin
 (``scheduler.extensions["qdask"].monitor``). Started, it samples in
@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from logging.handlers import RotatingFileHandler
 from collections import Counter, deque
 from collections.abc import Hashable, Iterable
+from logging.handlers import RotatingFileHandler
 from typing import TYPE_CHECKING, Any
 
 from distributed import SchedulerPlugin
@@ -35,8 +35,9 @@ from qdask.monitoring.counters import CircuitCounters
 from qdask.monitoring.events import EventStore
 from qdask.monitoring.tracing import ChromeTrace
 from qdask.monitoring.worker import METRIC
-from qdask.scheduler.placement import used_resources
-from qdask.resources import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES
+from qdask.quantum.annotation import TaskAnnotation
+from qdask.resources import QUANTUM
+from qdask.scheduler.placement import worker_resources
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
@@ -49,46 +50,11 @@ NAME = "qdask-monitor"
 READY = frozenset({"queued", "no-worker", "processing"})
 
 
-def circuit_annotation(ts: TaskState | None) -> dict[str, Any] | None:
-    """The qdask annotation of a circuit task, or None for anything else."""
-    if ts is None or not ts.annotations:
-        return None
-    ann = ts.annotations.get(ANNOTATION)
-    if isinstance(ann, dict) and ann.get("kind") == "circuit":
-        return ann
-    return None
-
-
-def _priority(ts: TaskState, ann: dict[str, Any]) -> int:
-    p = ann.get("priority")
+def _priority(ts: TaskState, ann: TaskAnnotation) -> int:
+    p = ann.priority
     if isinstance(p, (int, float)) and not isinstance(p, bool):
         return int(p)
     return _compat.user_priority(ts)
-
-
-def worker_resources(ws: WorkerState) -> dict[str, float]:
-    """Capacity and use of one worker's qdask resources.
-
-    The use counts every circuit task the scheduler assigned to the worker,
-    including those waiting there for a slot (Dask sends restricted tasks at
-    once; pulled chunks, see :func:`qdask.scheduler.placement.used_resources`,
-    up to ``worker-saturation``), so "busy" is the use capped at the capacity
-    and the rest is the worker's queue.
-    """
-    res, used = ws.resources, used_resources(ws)
-    slots = res.get(QUANTUM, 0.0)
-    used_slots = used.get(QUANTUM, 0.0)
-    sv = res.get(STATEVECTOR_BYTES, 0.0)
-    gpus = res.get(GPU, 0.0)
-    return {
-        "quantum_slots": slots,
-        "quantum_busy": min(used_slots, slots),
-        "quantum_queued": max(used_slots - slots, 0.0),
-        "statevector_bytes": sv,
-        "statevector_used": min(used.get(STATEVECTOR_BYTES, 0.0), sv),
-        "gpus": gpus,
-        "gpus_busy": min(used.get(GPU, 0.0), gpus),
-    }
 
 
 class CircuitTracker(SchedulerPlugin):
@@ -115,7 +81,7 @@ class CircuitTracker(SchedulerPlugin):
         self.by_priority.clear()
         for ts in self.scheduler.tasks.values():
             if ts.state in READY:
-                ann = circuit_annotation(ts)
+                ann = TaskAnnotation.of(ts)
                 if ann is not None:
                     self._add(ts.key, _priority(ts, ann))
 
@@ -125,7 +91,7 @@ class CircuitTracker(SchedulerPlugin):
             return
         if finish in READY:
             ts = self.scheduler.tasks.get(key)
-            ann = circuit_annotation(ts)
+            ann = TaskAnnotation.of(ts)
             if ann is not None:
                 assert ts is not None
                 self._add(key, _priority(ts, ann))
@@ -151,8 +117,10 @@ class CircuitTracker(SchedulerPlugin):
         worker = kw.get("worker")
         if not compute or not worker:
             return
-        ann = circuit_annotation(self.scheduler.tasks.get(key)) or {}
-        backend, qubits = ann.get("backend"), ann.get("qubits")
+        ann = TaskAnnotation.of(self.scheduler.tasks.get(key))
+        if ann is None:  # only circuit tasks become ready here; one forgotten since is skipped
+            return
+        backend, qubits = ann.backend or None, ann.qubits
         self.trace.span(
             f"{backend} {qubits}q" if backend and qubits is not None else str(key),
             start=min(s["start"] for s in compute),
@@ -166,10 +134,10 @@ class CircuitTracker(SchedulerPlugin):
                 "state": state,
                 "backend": backend,
                 "qubits": qubits,
-                "circuits": ann.get("circuits"),
-                "statevector_bytes": ann.get("statevector_bytes"),
+                "circuits": ann.circuits,
+                "statevector_bytes": ann.statevector_bytes,
                 "priority": priority,
-                "est_seconds": ann.get("est_seconds"),
+                "est_seconds": ann.est_seconds,
                 "transfer_seconds": sum(
                     s["stop"] - s["start"] for s in startstops if s.get("action") == "transfer"
                 ),
