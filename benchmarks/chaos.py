@@ -192,6 +192,7 @@ class Chaos:
             self.event(now - last_restart, restart_every)
             if self.counts["restart"] != restarts:
                 last_restart = time.monotonic()
+        chaos_seconds = time.monotonic() - t0
         (self.work / "stop").write_text("")
         assert self.job is not None
         finished = True
@@ -202,7 +203,8 @@ class Chaos:
             self.kill_job()
         self.log.close()
         report = self.check()
-        report.update(seconds=round(time.monotonic() - t0, 1), workers=self.workers, **self.counts,
+        report.update(seconds=round(chaos_seconds, 1), total_seconds=round(time.monotonic() - t0, 1),
+                      workers=self.workers, **self.counts,
                       stops_over_ttl=sum(s > 5 for s in self.stopped), job_finished=finished,
                       job_exit=self.job.returncode)
         return report
@@ -232,12 +234,17 @@ class Chaos:
         # Batches are numbered in order: a gap is a batch never delivered.
         numbers = [int(p.stem.split("-")[1]) for p in files]
         gaps = len(set(range(len(numbers))) - set(numbers))
-        resumed = [d for d in delivered if d["hits"]]
+        # The job's counters are cumulative per job process: a batch's own hits are the difference.
+        last: dict[int, int] = {}
+        for d in delivered:
+            d["batch_hits"] = d["hits"] - last.get(d["pid"], 0)
+            last[d["pid"]] = d["hits"]
+        resumed = [d for d in delivered if d["batch_hits"]]
         return {
             "batches": len(files), "circuits": len(files) * CIRCUITS, "lost": lost + wrong + gaps * CIRCUITS,
             "wrong": wrong, "duplicates": dup, "batch_errors": len(errors), "errors": errors[:5],
-            "checkpoint_hits": sum(d["hits"] for d in resumed), "resumed_batches": len(resumed),
-            "corrupt": sum(d["corrupt"] for d in delivered),
+            "checkpoint_hits": sum(d["batch_hits"] for d in resumed), "resumed_batches": len(resumed),
+            "corrupt": sum(last_corrupt for last_corrupt in {d["pid"]: d["corrupt"] for d in delivered}.values()),
             "mean_batch_seconds": round(float(np.mean([d["seconds"] for d in delivered])), 2) if delivered else None,
         }
 
