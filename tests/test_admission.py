@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import qsimcirq
 import sympy
+from test_fault_units import FailingGate
 
 import qdask
 from qdask import FaultToleranceConfig
@@ -37,12 +38,12 @@ from qdask.quantum.plan import (
     target_chunk_seconds,
 )
 from qdask.quantum.validate import ShotsTooLargeError
-from test_fault_units import FailingGate
 
 
 def small_circuits(n: int, qubits: int = 3) -> list[cirq.Circuit]:
     return [
-        cirq.testing.random_circuit(qubits, 4, 0.8, random_state=s) + cirq.measure(*cirq.LineQubit.range(qubits), key="m")
+        cirq.testing.random_circuit(qubits, 4, 0.8, random_state=s)
+        + cirq.measure(*cirq.LineQubit.range(qubits), key="m")
         for s in range(n)
     ]
 
@@ -305,7 +306,8 @@ def test_1e8_repetitions_plan_in_well_under_a_second(circuit):
     jobs = build_jobs([circuit], [None], [10**8], work="sample", simulator="qsim", view=view, seeds=SeedSource(1))
     chunks = make_chunks(jobs, view, target_chunk_seconds(jobs, view))
     seconds = time.perf_counter() - t0
-    print(f"\n10**8 repetitions ({'mid-circuit' if circuit is MID else 'terminal'}): planned in {seconds * 1e3:.1f} ms, "
+    kind = "mid-circuit" if circuit is MID else "terminal"
+    print(f"\n10**8 repetitions ({kind}): planned in {seconds * 1e3:.1f} ms, "
           f"{len(chunks)} tasks of <= {max(c.memory for c in chunks) / 2**20:.0f} MiB")
     assert seconds < 1.0
     assert sum(t.repetitions for c in chunks for t in c.tasks) == 10**8
@@ -327,7 +329,8 @@ def test_seed_ranges_are_the_draws_a_serial_qsim_makes():
     keys[10] = _untemper(0xFFFFFFFF)
     crafted = np.random.RandomState()
     crafted.set_state(("MT19937", keys, 0))  # pos 0: the next 624 outputs are the tempered keys
-    check = np.random.RandomState(); check.set_state(crafted.get_state())
+    check = np.random.RandomState()
+    check.set_state(crafted.get_state())
     assert int(check._bit_generator.random_raw(11)[10]) == 0xFFFFFFFF  # the state is what we meant
     check.set_state(crafted.get_state())
     draws = check.randint(2**31 - 1, size=40)

@@ -19,8 +19,8 @@ qsimcirq's documented options (``docs/from-qsimcirq.md`` maps each of them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import cirq
@@ -95,13 +95,16 @@ SAMPLE_CASES: dict[str, tuple[Callable[[], cirq.Circuit], Any, Any, Any]] = {
         None, 40, None,
     ),
     "several-keys": (
-        lambda: _random(3, seed=6, measure=False) + cirq.Moment(cirq.measure(_a[0], key="x"), cirq.measure(_a[2], _a[1], key="y")),
+        lambda: _random(3, seed=6, measure=False)
+        + cirq.Moment(cirq.measure(_a[0], key="x"), cirq.measure(_a[2], _a[1], key="y")),
         None, 40, None,
     ),
     "zero-repetitions": (lambda: _random(3, seed=7), None, 0, None),
     "one-repetition": (lambda: _random(3, seed=8), None, 1, None),
     "sweep-linspace": (
-        lambda: cirq.Circuit(cirq.H.on_each(*_a), cirq.rz(T).on_each(*_a), cirq.H.on_each(*_a), cirq.measure(*_a, key="m")),
+        lambda: cirq.Circuit(
+            cirq.H.on_each(*_a), cirq.rz(T).on_each(*_a), cirq.H.on_each(*_a), cirq.measure(*_a, key="m")
+        ),
         cirq.Linspace(T, 0, np.pi, 5), 30, None,
     ),
     "sweep-points": (
@@ -109,11 +112,15 @@ SAMPLE_CASES: dict[str, tuple[Callable[[], cirq.Circuit], Any, Any, Any]] = {
         cirq.Points("t", [0.1, 1.0, 2.5]), 30, None,
     ),
     "sweep-zip": (
-        lambda: cirq.Circuit(cirq.rx(T).on(_a[0]), cirq.ry(sympy.Symbol("u")).on(_a[1]), cirq.measure(*_a[:2], key="m")),
+        lambda: cirq.Circuit(
+            cirq.rx(T).on(_a[0]), cirq.ry(sympy.Symbol("u")).on(_a[1]), cirq.measure(*_a[:2], key="m")
+        ),
         cirq.Points("t", [0.3, 0.9]) + cirq.Points("u", [1.1, 0.2]), 30, None,
     ),
     "sweep-product": (
-        lambda: cirq.Circuit(cirq.rx(T).on(_a[0]), cirq.ry(sympy.Symbol("u")).on(_a[1]), cirq.measure(*_a[:2], key="m")),
+        lambda: cirq.Circuit(
+            cirq.rx(T).on(_a[0]), cirq.ry(sympy.Symbol("u")).on(_a[1]), cirq.measure(*_a[:2], key="m")
+        ),
         cirq.Points("t", [0.3, 0.9]) * cirq.Points("u", [1.1, 0.2]), 20, None,
     ),
     "sweep-dicts": (
@@ -125,11 +132,15 @@ SAMPLE_CASES: dict[str, tuple[Callable[[], cirq.Circuit], Any, Any, Any]] = {
     "noise-amplitude-damp": (lambda: _random(3, seed=11), None, 50, cirq.amplitude_damp(0.2)),
     "noise-phase-damp": (lambda: _random(3, seed=12), None, 50, cirq.phase_damp(0.3)),
     "noise-asymmetric-depolarize": (lambda: _random(3, seed=13), None, 50, cirq.asymmetric_depolarize(0.05, 0.1, 0.02)),
-    "noise-generalized-amplitude-damp": (lambda: _random(3, seed=14), None, 50, cirq.generalized_amplitude_damp(0.3, 0.2)),
+    "noise-generalized-amplitude-damp": (
+        lambda: _random(3, seed=14), None, 50, cirq.generalized_amplitude_damp(0.3, 0.2)
+    ),
     "noise-constant-model": (lambda: _random(3, seed=15), None, 50, cirq.ConstantQubitNoiseModel(cirq.depolarize(0.1))),
     "noise-custom-model": (lambda: _random(3, seed=16), None, 50, _Drop()),
     "noise-mid-circuit": (
-        lambda: cirq.Circuit(cirq.H(_a[0]), cirq.measure(_a[0], key="a"), cirq.CNOT(_a[0], _a[1]), cirq.measure(_a[1], key="b")),
+        lambda: cirq.Circuit(
+            cirq.H(_a[0]), cirq.measure(_a[0], key="a"), cirq.CNOT(_a[0], _a[1]), cirq.measure(_a[1], key="b")
+        ),
         None, 50, cirq.depolarize(0.1),
     ),
     "noise-sweep": (
@@ -212,15 +223,21 @@ def test_submit_future_with_noise_equals_qsim(client):
 
 @pytest.mark.parametrize(
     "options",
-    [qsimcirq.QSimOptions(max_fused_gate_size=4), {"f": 3, "t": 2}, {"max_fused_gate_size": 1, "ev_noisy_repetitions": 3}],
+    [
+        qsimcirq.QSimOptions(max_fused_gate_size=4),
+        {"f": 3, "t": 2},
+        {"max_fused_gate_size": 1, "ev_noisy_repetitions": 3},
+    ],
     ids=["QSimOptions", "short-keys", "field-names"],
 )
 def test_qsim_options_sample_equal_and_reported(client, options):
     c = _random(6, seed=33)
     sampler = qdask.Sampler(client, seed=SEED, qsim_options=options)
+    # qsimcirq takes short keys only: field names translated as QSimOptions.as_dict() does.
+    names = (f.name for f in qsimcirq.QSimOptions.__dataclass_fields__.values())
+    short = dict(zip(names, qsimcirq.QSimOptions().as_dict()))
     ref_sim = qsimcirq.QSimSimulator(
-        {({f.name: k for f, k in zip(qsimcirq.QSimOptions.__dataclass_fields__.values(), qsimcirq.QSimOptions().as_dict())}).get(k, k): v
-         for k, v in options.items()} if isinstance(options, dict) else options,
+        {short.get(k, k): v for k, v in options.items()} if isinstance(options, dict) else options,
         seed=SEED,
     )
     assert sampler.qsim_options == ref_sim.qsim_options  # reported back as qsimcirq reports them
@@ -236,7 +253,9 @@ STATE_CASES: dict[str, tuple[Callable[[], cirq.Circuit], dict[str, Any]]] = {
         lambda: _random(3, seed=53, measure=False),
         {"initial_state": cirq.testing.random_superposition(8, random_state=1).astype(np.complex64)},
     ),
-    "initial-vector-unnormalised": (lambda: _random(2, seed=54, measure=False), {"initial_state": np.ones(4, np.complex64)}),
+    "initial-vector-unnormalised": (
+        lambda: _random(2, seed=54, measure=False), {"initial_state": np.ones(4, np.complex64)}
+    ),
     "noise-trajectory": (lambda: _random(4, seed=55, measure=False), {"noise": cirq.depolarize(0.2)}),
     "noise-amplitude-damp": (lambda: _random(3, seed=56, measure=False), {"noise": cirq.amplitude_damp(0.3)}),
     "noise-initial-vector": (
@@ -246,7 +265,9 @@ STATE_CASES: dict[str, tuple[Callable[[], cirq.Circuit], dict[str, Any]]] = {
     "unnormalised-kraus": (
         lambda: cirq.Circuit(cirq.H(_a[0]), cirq.KrausChannel([np.eye(2) * 0.5, np.eye(2) * 0.5]).on(_a[0])), {},
     ),
-    "qsim-options": (lambda: _random(6, seed=58, measure=False), {"qsim_options": qsimcirq.QSimOptions(max_fused_gate_size=4)}),
+    "qsim-options": (
+        lambda: _random(6, seed=58, measure=False), {"qsim_options": qsimcirq.QSimOptions(max_fused_gate_size=4)}
+    ),
 }
 
 
@@ -265,7 +286,8 @@ def test_simulate_equals_qsim(client, case):
         np.testing.assert_array_equal(got.final_state_vector, ref.final_state_vector)
         np.testing.assert_array_equal(got.state_vector(), ref.state_vector())
         assert got.dirac_notation() == ref.dirac_notation()
-    assert got.metadata["backend"] == ("qsim-trajectories" if noise is not None or case == "unnormalised-kraus" else "qsim")
+    trajectories = noise is not None or case == "unnormalised-kraus"
+    assert got.metadata["backend"] == ("qsim-trajectories" if trajectories else "qsim")
 
 
 def test_simulate_sweep_noisy_equals_qsim(client):
@@ -305,7 +327,8 @@ def test_density_matrix_only_by_name_equals_cirq(client):
     got = qdask.Simulator(client, noise=noise, simulator="density-matrix").simulate(c)
     # qdask applies noise as qsimcirq does (noisy_moments of the circuit, before simulating); cirq's own
     # DensityMatrixSimulator(noise=...) places non-unital noise differently, so the reference is given that circuit.
-    ref = cirq.DensityMatrixSimulator(dtype=np.complex64).simulate(cirq.Circuit(noise.noisy_moments(c, sorted(c.all_qubits()))))
+    noisy = cirq.Circuit(noise.noisy_moments(c, sorted(c.all_qubits())))
+    ref = cirq.DensityMatrixSimulator(dtype=np.complex64).simulate(noisy)
     assert got.metadata["backend"] == "density-matrix"
     np.testing.assert_allclose(got.final_density_matrix, ref.final_density_matrix, atol=1e-6)
 
@@ -316,7 +339,8 @@ def _observables(n: int, seed: int) -> list[cirq.PauliSum]:
     out = []
     for _ in range(3):
         terms = [
-            float(rng.uniform(-1, 1)) * cirq.PauliString({q: [cirq.X, cirq.Y, cirq.Z][rng.randint(3)] for q in Q[:n] if rng.rand() < 0.6})
+            float(rng.uniform(-1, 1))
+            * cirq.PauliString({q: [cirq.X, cirq.Y, cirq.Z][rng.randint(3)] for q in Q[:n] if rng.rand() < 0.6})
             for _ in range(2)
         ]
         out.append(cirq.PauliSum.from_pauli_strings(terms))
@@ -327,7 +351,9 @@ EV_CASES: dict[str, tuple[Callable[[], cirq.Circuit], Callable[[], Any], dict[st
     **{f"random-{n}q": ((lambda n=n: _random(n, seed=70 + n, measure=False)), (lambda n=n: _observables(n, n)), {})
        for n in (2, 3, 5, 7, 9)},
     "single-observable": (lambda: _random(3, seed=80, measure=False), lambda: cirq.Z(_a[0]) * cirq.X(_a[1]), {}),
-    "qubit-order": (lambda: _random(3, seed=81, measure=False), lambda: _observables(3, 9), {"qubit_order": [Q[2], Q[0], Q[1]]}),
+    "qubit-order": (
+        lambda: _random(3, seed=81, measure=False), lambda: _observables(3, 9), {"qubit_order": [Q[2], Q[0], Q[1]]}
+    ),
     "initial-int": (lambda: _random(3, seed=82, measure=False), lambda: _observables(3, 10), {"initial_state": 6}),
     "initial-vector": (
         lambda: _random(3, seed=83, measure=False), lambda: _observables(3, 11),
@@ -365,7 +391,9 @@ def test_expectation_values_equal_qsim(client, case):
         got = qdask.Simulator(client, seed=seed, noise=noise, qsim_options=options).simulate_expectation_values(
             circuit, observables, **call
         )
-        ref = qsimcirq.QSimSimulator(options, seed=seed, noise=noise).simulate_expectation_values(circuit, observables, **call)
+        ref = qsimcirq.QSimSimulator(options, seed=seed, noise=noise).simulate_expectation_values(
+            circuit, observables, **call
+        )
         # qsim's own sums (float32); trajectories averaged in blocks agree to rounding.
         np.testing.assert_allclose(got, ref, atol=1e-6 if noise is None else 2e-6)
     if case.startswith("terminal-measurement"):
@@ -377,13 +405,18 @@ def test_expectation_sweep_equals_qsim(client):
     obs = [cirq.Z(_a[0]), cirq.X(_a[1]) * cirq.Y(_a[2])]
     sweep = cirq.Linspace(T, 0, 3, 6)
     for noise, options in ((None, None), (cirq.depolarize(0.05), {"r": 40})):
-        got = qdask.Simulator(client, seed=SEED, noise=noise, qsim_options=options).simulate_expectation_values_sweep(c, obs, sweep)
+        got = qdask.Simulator(client, seed=SEED, noise=noise, qsim_options=options).simulate_expectation_values_sweep(
+            c, obs, sweep
+        )
         ref = qsimcirq.QSimSimulator(options, seed=SEED, noise=noise).simulate_expectation_values_sweep(c, obs, sweep)
         np.testing.assert_allclose(got, ref, atol=2e-6)
 
 
 def test_noisy_expectation_trajectories_spread_over_workers_equal_qsim(client):
-    """1,000 trajectories in several tasks on both workers; the average is qsim's own (qsim seeds trajectory i with seed + i)."""
+    """1,000 trajectories in several tasks on both workers; the average is qsim's own.
+
+    qsim seeds trajectory i with seed + i.
+    """
     c = _random(6, seed=86, measure=False)
     obs = _observables(6, 14)
     noise, options = cirq.depolarize(0.02), qsimcirq.QSimOptions(ev_noisy_repetitions=1000)
@@ -398,7 +431,9 @@ def test_noisy_expectation_trajectories_spread_over_workers_equal_qsim(client):
 @pytest.mark.parametrize("observables", ["one", "list"])
 def test_moment_expectation_values_equal_qsim(client, observables):
     c = _random(4, depth=6, seed=87, measure=False)
-    obs: Any = cirq.Z(Q[0]) * cirq.Z(Q[1]) if observables == "one" else [cirq.X(Q[2]), cirq.Z(Q[3]) + 0.5 * cirq.Y(Q[0])]
+    obs: Any = (
+        cirq.Z(Q[0]) * cirq.Z(Q[1]) if observables == "one" else [cirq.X(Q[2]), cirq.Z(Q[3]) + 0.5 * cirq.Y(Q[0])]
+    )
     got = qdask.Simulator(client).simulate_moment_expectation_values(c, obs, cirq.ParamResolver())
     ref = qsimcirq.QSimSimulator().simulate_moment_expectation_values(c, obs, cirq.ParamResolver())
     assert len(got) == len(ref) == len(c)
@@ -463,12 +498,18 @@ def _feedback() -> cirq.Circuit:
 
 
 _qt = cirq.LineQid.range(2, dimension=3)
-_confused = cirq.Circuit(cirq.H(_a[0]), cirq.measure(_a[0], _a[1], key="m", confusion_map={(0,): np.array([[0.8, 0.2], [0.3, 0.7]])}))
+_confused = cirq.Circuit(
+    cirq.H(_a[0]), cirq.measure(_a[0], _a[1], key="m", confusion_map={(0,): np.array([[0.8, 0.2], [0.3, 0.7]])})
+)
 _terminal = cirq.Circuit(cirq.H(_a[0]), cirq.measure(_a[0], key="m"))
 _unitary2 = cirq.Circuit(cirq.H(_a[0]), cirq.CNOT(_a[0], _a[1]))
 _param = cirq.Circuit(cirq.rx(T).on(_a[0]), cirq.measure(_a[0], key="m"))
-_repeated_sizes = cirq.Circuit(cirq.measure(_a[0], key="k"), cirq.H(_a[1]), cirq.T(_a[1]), cirq.measure(_a[1], _a[2], key="k"))
-_repeated_sizes_mid = cirq.Circuit(cirq.H(_a[0]), cirq.measure(_a[0], key="k"), cirq.T(_a[0]), cirq.measure(_a[1], _a[2], key="k"))
+_repeated_sizes = cirq.Circuit(
+    cirq.measure(_a[0], key="k"), cirq.H(_a[1]), cirq.T(_a[1]), cirq.measure(_a[1], _a[2], key="k")
+)
+_repeated_sizes_mid = cirq.Circuit(
+    cirq.H(_a[0]), cirq.measure(_a[0], key="k"), cirq.T(_a[0]), cirq.measure(_a[1], _a[2], key="k")
+)
 
 ERROR_CASES: dict[str, tuple[dict[str, Any], Callable[[Any], Any]]] = {
     # name: (constructor keywords, call on a simulator); both run on qdask and on QSimSimulator.
@@ -483,7 +524,9 @@ ERROR_CASES: dict[str, tuple[dict[str, Any], Callable[[Any], Any]]] = {
     "gate-on-7-qubits": ({"simulator": "qsim"}, lambda s: s.simulate(_gate7())),
     "controlled-gate-on-5-targets": ({"simulator": "qsim"}, lambda s: s.simulate(_controlled5())),
     "classical-control-on-qsim": ({"simulator": "qsim"}, lambda s: s.run(_feedback(), repetitions=3)),
-    "qudits-on-qsim": ({"simulator": "qsim"}, lambda s: s.run(cirq.Circuit(cirq.measure(*_qt, key="m")), repetitions=3)),
+    "qudits-on-qsim": (
+        {"simulator": "qsim"}, lambda s: s.run(cirq.Circuit(cirq.measure(*_qt, key="m")), repetitions=3)
+    ),
     "confusion-map-on-qsim": ({"simulator": "qsim"}, lambda s: s.run(_confused, repetitions=3)),
     "no-measurements": ({}, lambda s: s.run(_unitary2, repetitions=3)),
     "unresolved-symbol": ({}, lambda s: s.run(_param, repetitions=3)),
@@ -491,7 +534,9 @@ ERROR_CASES: dict[str, tuple[dict[str, Any], Callable[[Any], Any]]] = {
     "batch-repetitions-length": ({}, lambda s: s.run_batch([_param, _param], [{"t": 1}] * 2, repetitions=[1, 2, 3])),
     "negative-repetitions": ({}, lambda s: s.run(_param, {"t": 1}, repetitions=-1)),
     "qubit-order-missing-a-qubit": ({}, lambda s: s.simulate(_unitary2, qubit_order=[_a[0]])),
-    "ev-qubit-order-missing-a-qubit": ({}, lambda s: s.simulate_expectation_values(_unitary2, cirq.Z(_a[0]), qubit_order=[_a[0]])),
+    "ev-qubit-order-missing-a-qubit": (
+        {}, lambda s: s.simulate_expectation_values(_unitary2, cirq.Z(_a[0]), qubit_order=[_a[0]])
+    ),
     # Raised on a worker (qdask.BatchError, also an instance of the worker's exception type).
     "repeated-key-sizes": ({}, lambda s: s.run(_repeated_sizes, repetitions=2)),
     "repeated-key-sizes-mid-circuit": ({}, lambda s: s.run(_repeated_sizes_mid, repetitions=2)),
@@ -524,7 +569,9 @@ def test_errors_have_the_reference_type(client, case):
     assert sorted(client.scheduler_info()["workers"]) == before
 
 
-@pytest.mark.skipif(qsimcirq.qsim_simulator.qsim_gpu is not None, reason="this qsimcirq has a GPU build: nothing to refuse")
+@pytest.mark.skipif(
+    qsimcirq.qsim_simulator.qsim_gpu is not None, reason="this qsimcirq has a GPU build: nothing to refuse"
+)
 def test_use_gpu_without_a_gpu_build_has_qsims_error_type(client):
     ref = _raised(lambda: qsimcirq.QSimSimulator(qsimcirq.QSimOptions(use_gpu=True)).simulate(_unitary2))
     got = _raised(lambda: qdask.Simulator(client, qsim_options=qsimcirq.QSimOptions(use_gpu=True)).simulate(_unitary2))
@@ -573,7 +620,10 @@ class _Fourier3(cirq.Gate):
 BEYOND_SAMPLE_CASES: dict[str, Callable[[], cirq.Circuit]] = {
     "classical-control": _feedback,
     "feedback-active-reset": lambda: cirq.Circuit(
-        cirq.H(_a[0]), cirq.measure(_a[0], key="a"), cirq.X(_a[0]).with_classical_controls("a"), cirq.measure(_a[0], key="b")
+        cirq.H(_a[0]),
+        cirq.measure(_a[0], key="a"),
+        cirq.X(_a[0]).with_classical_controls("a"),
+        cirq.measure(_a[0], key="b"),
     ),
     "feedback-two-keys": lambda: cirq.Circuit(
         cirq.H.on_each(*_a[:2]), cirq.measure(_a[0], key="a"), cirq.measure(_a[1], key="b"),
@@ -652,7 +702,9 @@ def test_confusion_map_distribution_matches_cirq(client):
 
 
 BEYOND_STATE_CASES: dict[str, Callable[[], cirq.Circuit]] = {
-    "measured-superposition": lambda: cirq.Circuit(cirq.H(_a[0]), cirq.CNOT(_a[0], _a[1]), cirq.measure(_a[0], key="m")),
+    "measured-superposition": lambda: cirq.Circuit(
+        cirq.H(_a[0]), cirq.CNOT(_a[0], _a[1]), cirq.measure(_a[0], key="m")
+    ),
     "classical-control": _feedback,
     "qutrits": lambda: cirq.Circuit(_Fourier3().on(_qt[0]), _Cycle3().on(_qt[1])),
     "gate-on-7-qubits": _gate7,

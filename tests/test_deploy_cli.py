@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -118,7 +118,10 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster
 
 def test_the_scheduler_preload_does_not_import_the_simulators():
     # A scheduler runs no circuit: importing cirq/qsim there costs seconds of CPU at every start.
-    code = "import sys, qdask.plugins.scheduler; print(sorted(m for m in ('cirq', 'qsimcirq', 'stim') if m in sys.modules))"
+    code = (
+        "import sys, qdask.plugins.scheduler; "
+        "print(sorted(m for m in ('cirq', 'qsimcirq', 'stim') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -24,7 +24,10 @@ def test_statevector_bytes_is_complex64():
     assert statevector_bytes(20, workspace=2.0) == 2 * 8 * 2**20
 
 
-@pytest.mark.parametrize("budget,workspace,expected", [(8 * 2**20, 1.0, 20), (8 * 2**20 - 1, 1.0, 19), (16 * 2**20, 2.0, 20), (1, 1.0, 0)])
+@pytest.mark.parametrize(
+    "budget,workspace,expected",
+    [(8 * 2**20, 1.0, 20), (8 * 2**20 - 1, 1.0, 19), (16 * 2**20, 2.0, 20), (1, 1.0, 0)],
+)
 def test_max_qubits_for(budget, workspace, expected):
     assert max_qubits_for(budget, workspace) == expected
 
@@ -66,7 +69,7 @@ def test_detect_gpus_through_nvml(monkeypatch):
 
 
 def test_gpu_resources_and_qsim_gpu_flag(monkeypatch):
-    fake = install_fake_nvml(monkeypatch, [("H200", 140 * 2**30, 100 * 2**30)])
+    install_fake_nvml(monkeypatch, [("H200", 140 * 2**30, 100 * 2**30)])
     caps = discover(nthreads=1, memory_limit=2**30)
     assert caps.resources()[GPU] == 1
     # PyPI's qsimcirq is CPU-only: a GPU alone must not enable the GPU backend.

@@ -20,8 +20,8 @@ import dask
 import numpy as np
 import pytest
 import qsimcirq
-from distributed import Event, SchedulerPlugin, wait
 from _polling import wait_for
+from distributed import Event, SchedulerPlugin, wait
 from test_fault_units import PATIENT, FailingGate, kill_worker, worker_pids
 
 import qdask
@@ -370,7 +370,8 @@ def test_enable_reconfigures_and_stop_restores_dask_defaults(qc, client, tmp_pat
         ft = qc.enable_fault_tolerance(FaultToleranceConfig(replication_factor=3, max_failures=5))
     default = tmp_path / f"qdask-checkpoints-{os.getuid()}"  # the default location: per user, private
     assert ft.config.checkpoint_url == str(default)
-    assert stat.S_IMODE(default.stat().st_mode) == 0o700 and stat.S_IMODE((default / "qdask-hmac.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(default.stat().st_mode) == 0o700
+    assert stat.S_IMODE((default / "qdask-hmac.key").stat().st_mode) == 0o600
     assert s.allowed_failures == 4
     assert "ReduceReplicas" not in policies() and {"KeepReplicas", "ReplicateResults"} <= set(policies())
     again = qc.enable_fault_tolerance(FaultToleranceConfig(max_failures=2, checkpoint_url=str(tmp_path / "b")))

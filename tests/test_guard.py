@@ -54,4 +54,4 @@ def test_guarded_call_through_a_function_passes_and_an_unguarded_one_fails_at_on
     t0 = time.perf_counter()
     bad = subprocess.run([sys.executable, str(unguarded)], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and time.perf_counter() - t0 < 10
-    assert f"unguarded.py, line 5, outside an `if __name__ == \"__main__\":` block" in bad.stderr, bad.stderr
+    assert "unguarded.py, line 5, outside an `if __name__ == \"__main__\":` block" in bad.stderr, bad.stderr

@@ -89,8 +89,10 @@ def _layers(qubits, depth, seed, family=(cirq.CZ,)):
     rng = np.random.default_rng(seed)
     c = cirq.Circuit()
     for d in range(depth):
-        c.append(cirq.PhasedXZGate(x_exponent=rng.random(), z_exponent=rng.random(), axis_phase_exponent=rng.random())(x)
-                 for x in qubits)
+        c.append(
+            cirq.PhasedXZGate(x_exponent=rng.random(), z_exponent=rng.random(), axis_phase_exponent=rng.random())(x)
+            for x in qubits
+        )
         c.append(family[(d + i) % len(family)](qubits[i], qubits[i + 1]) for i in range(d % 2, len(qubits) - 1, 2))
     return c
 

@@ -22,18 +22,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import _polling as polling
 import dask
 import numpy as np
 import psutil
 import pytest
-import _polling as polling
 from distributed import LocalCluster, get_task_stream, get_worker
 from prometheus_client.parser import text_string_to_metric_families
 from test_monitoring_units import documented_fields
 
 from qdask import MonitoringConfig, QuantumCluster
 from qdask.deploy import spec
-from qdask.monitoring import prometheus
 from qdask.monitoring.worker import WorkerMetrics
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES, detect_gpus
 

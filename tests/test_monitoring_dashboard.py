@@ -254,7 +254,8 @@ def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
         assert "waiting" in progress and "done in ~" in progress, progress
         # The batch's own row as the page shows it: tasks done of 10, one running, the rest waiting, an ETA.
         cells = ("[...Bokeh.index.all_views()].filter(v => v.model.name == 'qdask-batches')"
-                 ".flatMap(v => [...v.shadow_el.querySelectorAll('tr')].map(r => [...r.children].map(c => c.textContent)))")
+                 ".flatMap(v => [...v.shadow_el.querySelectorAll('tr')]"
+                 ".map(r => [...r.children].map(c => c.textContent)))")
         rows = await page.wait_js(f"(r => r.length == 2 && r[1][4] == '1' && r)({cells})")
         assert rows[0] == ["batch", "kind", "tasks done", "circuits done", "running", "waiting", "elapsed", "ETA"]
         assert rows[1][0] == "b-dashboard" and rows[1][2].endswith("/10") and rows[1][7].startswith("~"), rows

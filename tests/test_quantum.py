@@ -219,7 +219,8 @@ def _workers(client):
     "make,error,match",
     [
         (lambda: ([_random(4), _random(40)], 10), v.CircuitTooWideError, "circuit 1: 40 qubits"),
-        (lambda: ([cirq.Circuit(cirq.rx(sympy.Symbol("a")).on(cirq.LineQubit(0)), cirq.measure(cirq.LineQubit(0)))], 10),
+        (lambda: ([cirq.Circuit(cirq.rx(sympy.Symbol("a")).on(cirq.LineQubit(0)),
+                                cirq.measure(cirq.LineQubit(0)))], 10),
          v.UnresolvedParametersError, r"circuit 0: symbols \['a'\]"),
         (lambda: ([_random(3)], -1), v.InvalidRepetitionsError, "repetitions=-1"),
         (lambda: ([_random(3)], 2.5), v.InvalidRepetitionsError, "repetitions=2.5"),

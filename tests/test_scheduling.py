@@ -217,10 +217,14 @@ def test_circuit_chunks_are_pulled_by_free_workers_and_restricted_again_when_an_
         # Both quantum threads busy: the batch's chunks must wait somewhere.
         with dask.annotate(qdask={"qubits": 10}):
             blockers = [client.submit(where, 8.0, pure=False, key=f"blocker-{i}") for i in range(2)]
-        wait_for(lambda: client.run_on_scheduler(lambda dask_scheduler: sum(len(ws.processing) for ws in dask_scheduler.workers.values())) >= 2,
-                 timeout=30, what="both blockers on their workers")
+        def processing(dask_scheduler) -> int:
+            return sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+
+        wait_for(lambda: client.run_on_scheduler(processing) >= 2, timeout=30, what="both blockers on their workers")
         q = cirq.LineQubit.range(8)
-        circuits = [cirq.testing.random_circuit(q, 10, 0.8, random_state=i) + cirq.measure(*q, key="m") for i in range(60)]
+        circuits = [
+            cirq.testing.random_circuit(q, 10, 0.8, random_state=i) + cirq.measure(*q, key="m") for i in range(60)
+        ]
         pool = ThreadPoolExecutor(1)
         # Below any circuit's estimate, however fast the machine: a chunk per circuit.
         with dask.config.set({"qdask.quantum.chunk-duration": "1us"}):

@@ -35,11 +35,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed.deploy.adaptive import Adaptive
 
 from qdask.config import ElasticConfig
+
+if TYPE_CHECKING:
+    from distributed.deploy.spec import SpecCluster
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +132,9 @@ class ElasticAdaptive(Adaptive):
         (``interval``, ``wait_count``, ``minimum``, ``maximum``, ``target_duration``).
     """
 
+    # Adaptive types it as the base Cluster, which has no scale_down.
+    cluster: SpecCluster
+
     def __init__(self, cluster: Any, *, config: ElasticConfig, **kwargs: Any) -> None:
         self.config = config
         # { "up" | "down": time.monotonic() of the last action that way }
@@ -160,12 +166,15 @@ class ElasticAdaptive(Adaptive):
         """Idle quantum workers only (Dask's choice may pick busy ones and rerun their tasks)."""
         return await self.scheduler.qdask_elastic_idle(target=target)
 
-    async def scale_up(self, n: int) -> None:
+    # AdaptiveCore's abstract methods have the two parameters' types swapped
+    # (scale_up(workers: Iterable), scale_down(n: int)); Adaptive, the base
+    # that runs, calls scale_up(n) and scale_down(workers) as here.
+    async def scale_up(self, n: int) -> None:  # type: ignore[override]
         old = len(self.plan)
         await super().scale_up(n)
         await self._acted("up", old, len(self.plan))
 
-    async def scale_down(self, workers: Iterable[Any]) -> None:
+    async def scale_down(self, workers: Iterable[Any]) -> None:  # type: ignore[override]
         workers = list(workers)
         old = len(self.plan)
         # Re-checked on the scheduler: a worker that got a task since the last

@@ -88,7 +88,8 @@ def worker_ranks(comm: Intracomm | None = None) -> int:
 
 def _resolve(config: ClusterConfig, workers: int) -> ClusterConfig:
     """``config`` with ``num_nodes`` set by the MPI world (ranks, not cores, make the workers)."""
-    if config.num_nodes not in ("auto", workers):
+    # Validated: an int or "auto".
+    if isinstance(config.num_nodes, int) and config.num_nodes != workers:
         raise ConfigError(
             "ClusterConfig",
             "num_nodes",
