@@ -29,7 +29,9 @@ from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks
 from qdask.quantum.validate import CircuitTooWideError, UnsupportedGateError
 
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
-VIEW = ClusterView(slots=2, max_statevector_bytes=2**30, backends=frozenset(bk.backend_names()), cost=COST, big_threads=1)
+VIEW = ClusterView(
+    slots=2, max_statevector_bytes=2**30, backends=frozenset(bk.backend_names()), cost=COST, big_threads=1
+)
 POLICIES = {level: OptimizationPolicy.for_level(level) for level in ("none", "basic", "aggressive")}
 
 
@@ -49,8 +51,10 @@ def _mixed_circuit(n, depth=5, seed=0):
               cirq.MatrixGate(cirq.testing.random_unitary(4, random_state=seed)), cirq.ControlledGate(cirq.H)]
     c = cirq.Circuit()
     for d in range(depth):
-        c.append(cirq.PhasedXZGate(x_exponent=rng.random(), z_exponent=rng.random(), axis_phase_exponent=rng.random())(x)
-                 for x in q)
+        c.append(
+            cirq.PhasedXZGate(x_exponent=rng.random(), z_exponent=rng.random(), axis_phase_exponent=rng.random())(x)
+            for x in q
+        )
         c.append(family[(d + i) % len(family)](q[i], q[i + 1]) for i in range(d % 2, n - 1, 2))
     return c + cirq.CCZ(q[0], q[n // 2], q[-1])
 
@@ -135,7 +139,10 @@ def test_path_sums_equal_state_vector_amplitudes(n):
 def test_cut_follows_the_fewest_gates_and_reversed_qubit_order():
     # Two 4-qubit blocks joined by one CZ: the cut goes between them, one Schmidt bit.
     q = cirq.LineQubit.range(8)
-    block = lambda qs: [cirq.H.on_each(*qs), [cirq.CNOT(a, b) for a, b in zip(qs, qs[1:])], cirq.T.on_each(*qs)]
+
+    def block(qs):
+        return [cirq.H.on_each(*qs), [cirq.CNOT(a, b) for a, b in zip(qs, qs[1:])], cirq.T.on_each(*qs)]
+
     c = cirq.Circuit(block(q[:4]), block(q[4:]), cirq.CZ(q[3], q[4]), block(q[:4]), block(q[4:]))
     order = list(reversed(q))
     prep = sf.prepare(c, order)

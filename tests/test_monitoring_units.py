@@ -19,13 +19,13 @@ from qdask.monitoring.aggregate import detailed_metrics, per_worker, resource_me
 from qdask.monitoring.analysis import RULES, Thresholds, analyze
 from qdask.monitoring.client import format_summary
 from qdask.monitoring.events import KINDS, EventStore
+from qdask.monitoring.monitor import totals
 from qdask.monitoring.results import (
     AnalysisResult,
     DetailedMetrics,
     ErrorStatistics,
     ResourceMetrics,
 )
-from qdask.monitoring.monitor import totals
 from qdask.monitoring.tracing import ChromeTrace
 
 DOCS = Path(__file__).parents[1] / "docs" / "monitoring.md"
