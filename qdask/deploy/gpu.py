@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dask.utils import format_bytes
 from distributed import Client
@@ -123,7 +123,9 @@ class CUDAOptions:
             plugins=spec.worker_plugins("quantum"),
         )
 
-    def worker_command(self, scheduler_address: str, *, host: str | None = LOOPBACK) -> tuple[list[str], dict[str, str]]:
+    def worker_command(
+        self, scheduler_address: str, *, host: str | None = LOOPBACK
+    ) -> tuple[list[str], dict[str, str]]:
         """``dask cuda worker`` arguments and environment for the same workers.
 
         Parameters
@@ -295,11 +297,13 @@ def cuda_options(
         protocol = "ucx"
 
     chosen = select_gpus(gpu.num_gpus, detect_gpus() if gpus is None else gpus)
-    if gpu.memory_per_gpu is not None:
+    # MultiGPUConfig parsed a size given as a string into bytes.
+    memory_per_gpu = cast("int | None", gpu.memory_per_gpu)
+    if memory_per_gpu is not None:
         smallest = min(chosen, key=lambda g: g.total_memory)
-        if gpu.memory_per_gpu > smallest.total_memory:
+        if memory_per_gpu > smallest.total_memory:
             raise ConfigError(
-                "MultiGPUConfig", "memory_per_gpu", gpu.memory_per_gpu,
+                "MultiGPUConfig", "memory_per_gpu", memory_per_gpu,
                 f"at most {format_bytes(smallest.total_memory)} "
                 f"(GPU {smallest.index}, {smallest.name}, has that much)",
                 f"pass MultiGPUConfig(memory_per_gpu={format_bytes(int(smallest.total_memory * 0.8))!r}) or None.",
@@ -313,8 +317,8 @@ def cuda_options(
         enable_nvlink=True if cuda_ipc else None,
         enable_infiniband=False if cuda_ipc else None,
         enable_rdmacm=False if cuda_ipc else None,
-        rmm_pool_size=gpu.memory_per_gpu,
-        device_memory_limit=gpu.memory_per_gpu if gpu.memory_per_gpu is not None else "default",
+        rmm_pool_size=memory_per_gpu,
+        device_memory_limit=memory_per_gpu if memory_per_gpu is not None else "default",
         threads_per_worker=config.threads_per_node,
         memory_limit=config.memory_per_node,
     )
@@ -330,7 +334,7 @@ def _cuda_cluster_class() -> type[LocalCluster]:
             f"Fix: {GPU_EXTRA} on a host with an NVIDIA driver."
         ) from e
 
-    class QuantumCUDACluster(LocalCUDACluster):  # type: ignore[misc, valid-type]
+    class QuantumCUDACluster(LocalCUDACluster):
         """``LocalCUDACluster`` whose workers also carry qdask's worker plugins."""
 
         def new_worker_spec(self) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class QuantumNanny(Nanny):
     # Dask's Nanny.instantiate closes the Nanny when its WorkerProcess.start
     # raises (the process died before reporting in); its start then returns
     # a failed status instead, which instantiate below retries.
-    @property  # type: ignore[override]
+    @property
     def process(self) -> WorkerProcess | None:
         return self._qdask_process
 
@@ -185,13 +185,13 @@ class QuantumNanny(Nanny):
             # gone without an exit callback) would hold WorkerProcess.kill forever.
             await (wait_for(super().kill(timeout=timeout, reason=reason), timeout + REAP_TIMEOUT) if closing
                    else super().kill(timeout=timeout, reason=reason))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process = self.process
             if not closing or process is None:
                 raise  # a restart: Dask reports it timed out and the Nanny stays usable
             try:
                 await wait_for(process.stopped.wait(), REAP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning(
                     "Worker process %s was sent SIGKILL and is not reaped after %.0f s more; "
                     "its Nanny %s closes without it",
