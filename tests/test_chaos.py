@@ -108,6 +108,21 @@ def test_sigkill_every_worker_at_once_mid_batch_loses_nothing(tmp_path, fault_to
               + (f", {written} checkpoints written (one each)" if ft else ""))
 
 
+def test_a_batch_submitted_while_no_worker_is_registered_waits_for_them():
+    circuits = circuits_for(20, 8, 10)
+    ref = qsimcirq.QSimSimulator(seed=3).run_batch(circuits, repetitions=10)
+    with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="1GiB")) as qc:
+        client, s = qc.get_client(), qc.cluster.scheduler
+        kill_all(worker_pids(qc))
+        wait_for(lambda: not s.workers, timeout=30, what="no worker registered")
+        t0 = time.perf_counter()
+        # Planned against the cluster: the plan waits for a worker instead of failing
+        # with NoQuantumWorkersError (placement rule 7).
+        got = qdask.Sampler(client, seed=3, simulator="qsim").run_batch(circuits, repetitions=10)
+        assert [g[0] for g in got] == [r[0] for r in ref]
+        print(f"\nbatch submitted with 0 workers registered: done {time.perf_counter() - t0:.2f} s later, correct")
+
+
 # -- benchmarks/chaos.py ------------------------------------------------------------
 def run_chaos(tmp_path, seconds: float, restart_every: float) -> dict:
     out = tmp_path / "chaos.json"

@@ -64,7 +64,7 @@ import fsspec
 import numpy as np
 
 from qdask.quantum import backends as bk
-from qdask.quantum.execute import TaskResult
+from qdask.quantum.task import TaskResult
 
 if TYPE_CHECKING:
     from qdask.quantum.plan import Job
@@ -184,7 +184,7 @@ def _mac(secret: bytes, header: bytes) -> bytes:
 
 
 def encode(key: str, results: list[TaskResult], secret: bytes) -> bytes:
-    """The ``.npz`` bytes of one circuit's results (all its blocks, in repetition order), authenticated by ``secret``."""
+    """The ``.npz`` bytes of one circuit's results (all its blocks, in repetition order), under ``secret``."""
     arrays: dict[str, np.ndarray] = {}
     blocks = []
     for b, r in enumerate(results):
