@@ -50,7 +50,7 @@ from qdask.fault.events import (
 )
 from qdask.quantum import backends as bk
 from qdask.quantum.cost import CostModel
-from qdask.quantum.execute import TaskResult, pack_records, unpack_records
+from qdask.quantum.task import TaskResult, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs
 
 SECRET = b"0123456789abcdef0123456789abcdef"

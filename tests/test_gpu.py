@@ -36,7 +36,7 @@ from qdask.quantum import backends
 from qdask.quantum.analysis import analyze
 from qdask.quantum.backends import GPUUnavailableError, QSimBackend, QSimGPUBackend, RunOptions, choose
 from qdask.quantum.execute import run_task
-from qdask.quantum.plan import Task
+from qdask.quantum.task import Task
 from qdask.scheduler.plugin import QuantumSchedulerPlugin
 from qdask import resources
 from qdask.worker.discovery import GPU, QUANTUM, GPUInfo, detect_gpus

@@ -18,7 +18,8 @@ from qdask.quantum import backends as bk
 from qdask.quantum.analysis import analyze
 from qdask.quantum.annotation import TaskAnnotation
 from qdask.quantum.cost import CostModel
-from qdask.quantum.execute import Shared, dump_tasks, load_tasks, pack_records, unpack_records
+from qdask.quantum.pickling import Shared, dump_tasks, load_tasks
+from qdask.quantum.task import pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs, make_chunks, resolve_priority, target_chunk_seconds
 
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
@@ -445,7 +446,7 @@ def test_hand_off_holds_the_next_chunk_until_the_result_is_fetched_or_the_limit(
     import time
     from types import SimpleNamespace
 
-    from qdask.quantum.execute import HandOff
+    from qdask.quantum.gil import HandOff
 
     worker, hand_off = SimpleNamespace(transfer_outgoing_count_total=3), HandOff()
     t0 = time.monotonic()
@@ -472,7 +473,7 @@ def test_inbox_lets_the_event_loop_handle_a_message_before_the_next_circuit_hold
 
     import qsimcirq
 
-    from qdask.quantum.execute import Inbox
+    from qdask.quantum.gil import Inbox
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -524,7 +525,7 @@ def test_inbox_lets_the_event_loop_handle_a_message_before_the_next_circuit_hold
 def test_dask_sizes_a_result_by_its_payload():
     from dask.sizeof import sizeof
 
-    from qdask.quantum.execute import TaskResult, _nbytes
+    from qdask.quantum.task import TaskResult, _nbytes
 
     state = np.zeros(2**20, dtype=np.complex64)  # what a 20-qubit final state holds: 8 MiB
     assert sizeof([TaskResult(0, 0, "qsim", 0.1, "w", state, _nbytes(state))] * 3) >= 3 * state.nbytes
@@ -543,7 +544,7 @@ MAIN_GATE = textwrap.dedent(
     """
     import sys
     import cirq
-    from qdask.quantum.execute import dump_tasks
+    from qdask.quantum.pickling import dump_tasks
 
     class Shifted(cirq.Gate):  # lives in __main__: no worker can import it
         def _num_qubits_(self):
@@ -647,7 +648,7 @@ def test_a_batch_pickles_its_shared_circuit_and_observable_once_and_a_worker_loa
 
 
 def test_a_worker_keeps_few_shared_objects():
-    from qdask.quantum.execute import _Loaded
+    from qdask.quantum.pickling import _Loaded
 
     loaded = _Loaded(size=2, max_bytes=10_000)
     blobs = [dump_tasks([i]) for i in range(3)]

@@ -34,8 +34,10 @@ from qdask.fault import client as fault_client
 from qdask.fault.checkpoint import content_keys
 from qdask.fault.events import ANNOTATION, ChunkIsolatedError, PoisonCircuitError
 from qdask.quantum.engine import register_batch_guard
-from qdask.quantum.execute import TaskResult, dump_tasks, run_chunk
+from qdask.quantum.execute import run_chunk
+from qdask.quantum.pickling import dump_tasks
 from qdask.quantum.plan import Chunk, Job
+from qdask.quantum.task import TaskResult
 
 if TYPE_CHECKING:
     from qdask.fault.client import FaultTolerance

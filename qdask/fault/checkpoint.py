@@ -64,7 +64,7 @@ import fsspec
 import numpy as np
 
 from qdask.quantum import backends as bk
-from qdask.quantum.execute import TaskResult
+from qdask.quantum.task import TaskResult
 
 if TYPE_CHECKING:
     from qdask.quantum.plan import Job

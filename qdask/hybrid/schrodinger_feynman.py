@@ -44,8 +44,8 @@ from qdask import config
 from qdask.quantum.backends import QSIMH, QSimBackend, RunOptions
 from qdask.quantum.cost import PARALLEL_MIN_QUBITS
 from qdask.quantum.engine import Engine, register_job_router
-from qdask.quantum.execute import TaskResult
 from qdask.quantum.plan import Chunk, ClusterView, Job
+from qdask.quantum.task import TaskResult
 from qdask.quantum.validate import CircuitTooWideError, UnresolvedParametersError, UnsupportedGateError
 from qdask.resources import ANNOTATION, BYTES_PER_AMPLITUDE, statevector_bytes
 

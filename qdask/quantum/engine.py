@@ -25,7 +25,8 @@ from qdask.hybrid.levels import OptimizationPolicy
 from qdask.monitoring.progress import progress_bar, resolve_progress
 from qdask.quantum import qsim_fast
 from qdask.quantum.errors import FIX, BatchError, TaskFailure
-from qdask.quantum.execute import Shared, TaskResult, dump_tasks, paused_gc, run_chunk, run_chunk_then, unpack_records
+from qdask.quantum.execute import run_chunk, run_chunk_then
+from qdask.quantum.pickling import Shared, dump_tasks, paused_gc
 from qdask.quantum.plan import (
     Chunk,
     ClusterView,
@@ -36,6 +37,7 @@ from qdask.quantum.plan import (
     resolve_priority,
     target_chunk_seconds,
 )
+from qdask.quantum.task import TaskResult, unpack_records
 from qdask.quantum.validate import find_unpicklable
 from qdask.resources import ANNOTATION
 

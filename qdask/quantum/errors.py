@@ -75,7 +75,7 @@ class BatchError(Exception):
     results : dict
         ``{circuit index in the batch: its results}`` of every circuit that
         finished (for ``Sampler``/``Simulator`` batches: lists of
-        :class:`qdask.quantum.execute.TaskResult`).
+        :class:`qdask.quantum.task.TaskResult`).
     errors : dict
         ``{circuit index: exception}`` of every circuit that failed; each has
         a note (``__notes__``) naming the circuit, backend and worker.

@@ -24,7 +24,8 @@ from qdask.quantum import qsim_fast
 from qdask.quantum.analysis import CircuitInfo, analyze
 from qdask.quantum.annotation import TaskAnnotation
 from qdask.quantum.cost import CostModel
-from qdask.quantum.qsim_fast import CompactCircuit, GateTable
+from qdask.quantum.qsim_fast import CompactCircuit
+from qdask.quantum.task import Task
 from qdask.quantum.validate import (
     BackendMismatchError,
     CircuitTooWideError,
@@ -38,6 +39,7 @@ from qdask.quantum.validate import (
     check_repetitions,
 )
 from qdask.resources import GPU, QUANTUM, STATEVECTOR_BYTES, max_qubits_for
+from qdask.scheduler.placement import resolve_priority  # noqa: F401 - re-exported: the engine's and users' name for it
 
 
 @dataclass(frozen=True)
@@ -102,24 +104,6 @@ class Job:
     blocks: int = 1  # tasks its repetitions need at least, for memory (admit_shots)
     #: The circuit's compact form where the worker samples it from that (qsim_fast), else None.
     compact: CompactCircuit | None = None
-
-
-@dataclass
-class Task:
-    """What travels to the worker for one job, or one block of its repetitions."""
-
-    index: int
-    start: int  # first repetition of this block
-    circuit: cirq.AbstractCircuit | CompactCircuit  # compact: sampled from it on the worker (qsim_fast)
-    resolver: cirq.ParamResolver
-    work: str
-    backend: str
-    repetitions: int
-    seeds: np.ndarray
-    threads: int
-    extra: dict[str, Any]
-    fused_gate_size: int = 2  # qsim max_fused_gate_size (optimization level)
-    gates: GateTable | None = None  # the batch's gate table, for a compact circuit (Engine.submit)
 
 
 @dataclass

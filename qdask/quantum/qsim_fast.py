@@ -435,7 +435,7 @@ def forget_built() -> None:
 
 
 def attach_gates(tasks: list[Any]) -> None:
-    """Give the compact circuits among ``tasks`` (``plan.Task``) the batch's one :class:`GateTable`.
+    """Give the compact circuits among ``tasks`` (``qdask.quantum.task.Task``) the batch's one :class:`GateTable`.
 
     One object for the batch: its blob is made once, and each worker loads
     it (and makes its adders) once.

@@ -17,7 +17,7 @@ import qdask.fault.batch  # noqa: F401
 import qdask.hybrid.schrodinger_feynman  # noqa: F401
 from qdask.quantum.engine import Engine, Result, Submission, sample_result
 from qdask.quantum.errors import raise_failures
-from qdask.quantum.execute import TaskResult
+from qdask.quantum.task import TaskResult
 
 
 class Sampler(cirq.Sampler):

@@ -10,8 +10,8 @@ import numpy as np
 from distributed import Client
 
 from qdask.quantum.engine import Submission, metadata
-from qdask.quantum.execute import TaskResult
 from qdask.quantum.sampler import Sampler
+from qdask.quantum.task import TaskResult
 
 
 class Simulator(
