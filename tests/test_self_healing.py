@@ -103,8 +103,8 @@ def circuits_for(n: int, qubits: int, depth: int) -> list[cirq.Circuit]:
 
 
 def test_a_frozen_worker_is_detected_and_its_work_moves():
-    n, reps = 300, 10
-    circuits = circuits_for(n, 16, 24)  # ~4 s of work for two workers
+    n, reps = 400, 10
+    circuits = circuits_for(n, 16, 24)  # seconds of work for two workers
     ref = qsimcirq.QSimSimulator(seed=5).run_batch(circuits, repetitions=reps)
     # 1 s asks for Dask's floor: ten heartbeat intervals, 5 s on a small cluster.
     with dask.config.set({"qdask.scheduler.worker-ttl": "1s", "qdask.quantum.chunk-duration": "50ms"}), \
@@ -125,8 +125,9 @@ def test_a_frozen_worker_is_detected_and_its_work_moves():
 
         t = threading.Thread(target=run, name="test-batch")
         t.start()
-        wait_for(lambda: s.workers.get(victim) is not None and s.workers[victim].executing or not t.is_alive(),
-                 what="the victim running a chunk")
+        # Assigned work (not yet a heartbeat saying it runs): the batch then cannot end without it.
+        wait_for(lambda: s.workers.get(victim) is not None and s.workers[victim].processing or not t.is_alive(),
+                 interval=0.01, what="the victim holding a chunk")
         assert t.is_alive(), f"the batch ended before the victim ran a chunk ({out.get('error')!r})"
         os.kill(pids[victim], signal.SIGSTOP)
         stopped = time.perf_counter()
