@@ -50,8 +50,9 @@ heartbeat) and the finished results lost with it that are still needed; the
 tasks merely queued there are reassigned at once and lost nothing. A task
 "computes again" at the compute start reported with its result (on the
 scheduler's clock); an isolated chunk, when the first of its single-circuit
-tasks does. Tracked by :class:`RecoveryTracker`, a transition hook installed
-only while a recovery is open.
+tasks does. Tracked by :class:`~qdask.fault.recovery.RecoveryTracker`, a transition hook
+installed only while a recovery is open (:mod:`qdask.fault.recovery`); replicas of
+finished results are kept by the policies of :mod:`qdask.fault.replication`.
 """
 
 from __future__ import annotations
@@ -61,12 +62,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
-from distributed import SchedulerPlugin
-from distributed.active_memory_manager import ActiveMemoryManagerPolicy, ReduceReplicas, Suggestion
+from distributed.active_memory_manager import ActiveMemoryManagerPolicy, ReduceReplicas
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
 
@@ -83,105 +82,23 @@ from qdask.fault.events import (
     RecoveryPlan,
     is_network_error,
 )
+from qdask.fault.recovery import NAME, RecoveryTracker, _Recovery
+from qdask.fault.replication import KeepReplicas, ReplicateResults
 from qdask.quantum.annotation import TaskAnnotation, is_circuit_task
 
 if TYPE_CHECKING:
-    from distributed.active_memory_manager import SuggestionGenerator
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
     from qdask.monitoring.events import EventStore
 
 logger = logging.getLogger(__name__)
 
-#: Name of the recovery tracker plugin and of the hold-keeping periodic callback.
-NAME = "qdask-fault"
 #: Resource no worker offers: a task restricted to it waits in "no-worker" (manual recovery).
 HOLD_RESOURCE = "qdask-held"
 #: Graph generation given to recovered work: older than any real generation (>= 0).
 RECOVERY_GENERATION = -1
 #: Dask's default ``distributed.scheduler.worker-ttl``: left alone, qdask's applies.
 DASK_WORKER_TTL = "5 minutes"
-
-
-@dataclass
-class _Recovery:
-    """One worker death whose affected tasks have not all run again."""
-
-    worker: str
-    cause: str
-    detected: float
-    keys: list[str]
-    waiting: set[Hashable] = field(default_factory=set)
-    last_start: float | None = None
-
-
-class RecoveryTracker(SchedulerPlugin):
-    """Transition hook: when each task affected by a failure starts running again.
-
-    Installed (``scheduler.plugins["qdask-fault"]``) while a recovery is open.
-    """
-
-    name = NAME
-    idempotent = False
-
-    def __init__(self, manager: FaultManager) -> None:
-        self.manager = manager
-
-    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        m = self.manager
-        if key not in m.waiting_on and key not in m.origin_of:
-            return
-        ran = start == "processing" and finish in ("memory", "erred")
-        if ran or finish == "forgotten":
-            origin = m.origin_of.pop(key, None)
-            if origin is not None and ran:
-                m.resolve(origin, m.compute_start(kwargs))  # the isolated chunk's work computes again
-        if key not in m.waiting_on:
-            return
-        if ran:
-            if finish == "erred" and m.isolated(key):
-                return  # the isolation retry stopped at once; its single-circuit tasks replace it
-            m.resolve(key, m.compute_start(kwargs))
-        elif finish in ("forgotten", "erred"):
-            m.resolve(key, None)  # it will not run again: cancelled, or failed for good
-
-
-class KeepReplicas(ReduceReplicas):
-    """Dask's ``ReduceReplicas``, except that circuit results keep ``replication_factor`` replicas.
-
-    Wraps the parent's suggestions instead of repeating its logic: a drop that
-    would leave a circuit result with fewer replicas is declined.
-    """
-
-    def __init__(self, manager: FaultManager) -> None:
-        self.fault = manager
-
-    def run(self) -> SuggestionGenerator:
-        parent = super().run()
-        choice = None
-        while True:
-            try:
-                suggestion = parent.send(choice)
-            except StopIteration:
-                return
-            missing = self.fault.replicas_missing(suggestion.ts, self.manager.pending)
-            if suggestion.op == "drop" and missing is not None and missing >= 0:
-                choice = None  # tell ReduceReplicas the AMM declined it
-                continue
-            choice = yield suggestion
-
-
-class ReplicateResults(ActiveMemoryManagerPolicy):
-    """Copy finished circuit results until ``replication_factor`` workers hold each."""
-
-    def __init__(self, manager: FaultManager) -> None:
-        self.fault = manager
-
-    def run(self) -> SuggestionGenerator:
-        for ts in self.manager.scheduler.tasks.values():
-            for _ in range(self.fault.replicas_missing(ts, self.manager.pending) or 0):
-                if (yield Suggestion("replicate", ts)) is None:
-                    break  # no worker can take another copy now
 
 
 class FaultManager:
