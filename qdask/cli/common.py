@@ -74,6 +74,7 @@ def attach(address: str | None) -> Iterator[QuantumCluster]:
     and then raises an ``OSError`` whose traceback tells a user nothing more.
     """
     check_reachable(address)
+    # Start-up cost: the cluster imports cirq and the scheduler side; the check above fails first, at once.
     from qdask.deploy.cluster import QuantumCluster
 
     try:

@@ -19,6 +19,7 @@ def cli() -> None:
 
 
 def _parse_interval(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    # Start-up cost, here and below: `dask` imports this module for every subcommand it lists.
     from qdask.config import parse_duration
 
     try:
@@ -36,6 +37,7 @@ def _parse_interval(ctx: click.Context, param: click.Parameter, value: str) -> f
 def info(address: str | None) -> None:
     """What this machine (or the cluster at ADDRESS) offers for quantum work."""
     if address is None:
+        # Start-up cost (see _parse_interval); discovery also loads qsimcirq.
         from qdask.resources import usable_cores
         from qdask.worker.discovery import discover
 
@@ -89,6 +91,7 @@ def monitor(address: str, interval: float, count: int | None) -> None:
     """
     import time
 
+    # Start-up cost (see _parse_interval).
     from qdask.config import MonitoringConfig
     from qdask.monitoring.client import format_line
 

@@ -22,6 +22,7 @@ from qdask.config import (
     MultiGPUConfig,
 )
 from qdask.deploy import elastic, forkserver, guard, mpi, nannies, spec
+from qdask.deploy.card import cluster_card
 from qdask.deploy.connect import connect_client
 from qdask.deploy.gpu import gpu_assignment, start_cuda_cluster
 from qdask.fault import client as fault
@@ -582,8 +583,6 @@ class QuantumCluster:
         """Dask's cluster card (Jupyter): workers, quantum slots, memory, GPUs and the dashboard link."""
         if self.cluster is None and self._client is None:
             return "<p>QuantumCluster (closed)</p>"
-        from qdask.deploy.card import cluster_card
-
         client = self.get_client()
         return cluster_card(
             scheduler_address=self.scheduler_address,

@@ -155,6 +155,7 @@ def _records(result: cirq.Result) -> dict[str, np.ndarray]:
 
 def _on_noisy_device(circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray] | None:
     """Samples with this worker's emulated device noise; None on a noiseless worker."""
+    # Start-up cost: hybrid.noise imports cirq, which this module otherwise needs only for annotations.
     from qdask.hybrid.noise import device_noise, sample_on_device
 
     noise = device_noise()
@@ -237,6 +238,7 @@ class QSimBackend:
         # circuit noiseless with only terminal measurements (seed_draws);
         # qsim_fast runs qsimcirq's path for that without its per-call overhead.
         if not self.noisy and repetitions > 1 and opts.seeds is not None and len(opts.seeds) == 1:
+            # Start-up cost: qsim_fast imports cirq (through analysis); a worker that never samples skips it.
             from qdask.quantum.qsim_fast import sample_circuit
 
             records = sample_circuit(*self._settings(opts), circuit, repetitions, int(opts.seeds[0]))
@@ -252,6 +254,7 @@ class QSimBackend:
         The planner sends that form only for circuits qsimcirq samples from one
         final state, and only to a cluster without emulated device noise.
         """
+        # Start-up cost: both import cirq (see _on_noisy_device).
         from qdask.hybrid.noise import device_noise
         from qdask.quantum.qsim_fast import sample
 
