@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -293,7 +293,7 @@ class Engine:
         *, batch: dict[str, Any] | None = None,
     ) -> Future:
         key = f"{chunk.task_name(work)}-{uuid.uuid4().hex}"  # e.g. qdask_sample_16q_6.4ms-<id> on Dask's pages
-        with dask.annotate(**{ANNOTATION: {**chunk.annotation(priority).to_dict(), **(batch or {})}}):
+        with dask.annotate(**{ANNOTATION: replace(chunk.annotation(priority), **(batch or {})).to_dict()}):
             return self.client.submit(
                 run,
                 blob,
