@@ -14,7 +14,6 @@ from typing import Any
 import psutil
 
 from qdask import config
-from qdask.quantum.backends import backend_names
 from qdask.resources import (  # noqa: F401 - re-exported: worker.discovery was their home
     BYTES_PER_AMPLITUDE,
     GPU,
@@ -103,6 +102,10 @@ class Capabilities:
 
 def available_backends() -> list[str]:
     """Names of the quantum backends importable in this process."""
+    # Start-up cost: the backends load cirq, and the scheduler imports this module for
+    # Capabilities alone (tests/test_deploy_cli.py keeps its preload free of cirq).
+    from qdask.quantum.backends import backend_names
+
     return backend_names()
 
 
