@@ -360,7 +360,11 @@ def test_poison_circuit_fails_after_max_failures_and_the_other_199_complete(qc3,
     circuits = circuits_for(200, 6, 8)
     q = cirq.LineQubit.range(6)
     poisoned = 117
-    circuits[poisoned] = cirq.Circuit(cirq.H.on_each(*q), PoisonGate().on(q[0]), cirq.measure(*q, key="m"))
+    # Measured mid-circuit, so workers simulate the gate itself (measured only at the end, the
+    # circuit would travel in its compact form, its gates' unitaries taken on the client).
+    circuits[poisoned] = cirq.Circuit(
+        cirq.measure(q[0], key="pre"), cirq.H.on_each(*q), PoisonGate().on(q[0]), cirq.measure(*q, key="m")
+    )
     ref = qsimcirq.QSimSimulator(seed=3).run_batch(circuits, repetitions=25)  # the gate is an X off workers
     failures: list[NodeFailure] = []
     qc3.on_node_failure(failures.append)
