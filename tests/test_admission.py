@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import qsimcirq
 import sympy
+from _polling import wait_for
 from test_fault_units import FailingGate
 
 import qdask
@@ -103,6 +104,10 @@ def test_batch_error_keeps_the_20_good_results_and_the_failures_type(cluster2):
         assert np.array_equal(result.records["m"], ref[i][0].records["m"]), i
     again = pickle.loads(pickle.dumps(err))
     assert isinstance(again, ValueError) and sorted(again.results) == sorted(err.results)
+    # The error is still held (its traceback holds the collecting frames): the results are on the
+    # client, so the cluster has forgotten the batch's tasks and freed their memory all the same.
+    scheduler = cluster2.cluster.scheduler
+    wait_for(lambda: not [k for k in scheduler.tasks if str(k).startswith("qdask_sample")], timeout=30)
 
 
 def test_failures_of_different_types_are_one_plain_batch_error(cluster2):

@@ -76,6 +76,11 @@ def state(qc: QuantumCluster, key: str) -> str | None:
 
 
 def two_workers(client) -> tuple[str, str]:
+    """The two workers' addresses, once no task of an earlier test is still processing on them.
+
+    A test that kills a worker asserts on exactly the tasks it lost, so it starts on idle workers.
+    """
+    wait_for(lambda: not any(client.processing().values()))
     a, b = sorted(worker_pids(client))
     return a, b
 

@@ -136,6 +136,10 @@ class Submission:
     # Fault tolerance (enable_fault_tolerance): checkpoints and poison circuits; None when off.
     guard: BatchGuard | None = None
 
+    def release(self) -> None:
+        """Drop the batch's futures (their results are collected): Dask forgets its tasks."""
+        self.futures.clear()
+
 
 @dataclass
 class BatchStats:
@@ -318,6 +322,28 @@ class Engine:
         whole (it could not be loaded on the worker) is run again one task
         per circuit, so only the circuits at fault fail.
         """
+        by_index, errors = self._gather(sub)
+        for index in errors:
+            by_index.pop(index, None)  # the blocks of a split circuit that did finish
+        for results in by_index.values():
+            results.sort(key=lambda r: r.start)
+        guard = sub.guard
+        if guard is not None:
+            # Checkpoints flushed; PoisonCircuitError when only poison circuits failed, else they join `errors`.
+            guard.finish(by_index, errors)
+        if errors:
+            jobs = {j.index: j for j in sub.jobs}
+            done = {i: (assemble(jobs[i], r) if assemble is not None else r) for i, r in by_index.items()}
+            raise BatchError.of(done, errors, FIX)
+        return by_index
+
+    def _gather(self, sub: Submission) -> tuple[dict[int, list[TaskResult]], dict[int, BaseException]]:
+        """Every circuit's task results or its error; then the batch's futures are released.
+
+        Released here, not when the caller lets go of ``sub``: a BatchError's
+        traceback holds the caller's frames (and ``sub``) for as long as the
+        error is kept, and with them every result on the workers.
+        """
         by_index: dict[int, list[TaskResult]] = defaultdict(list)
         errors: dict[int, BaseException] = {}
         stats = BatchStats(circuits=len(sub.jobs), tasks=len(sub.futures), circuit_bytes=sub.circuit_bytes)
@@ -360,21 +386,11 @@ class Engine:
                     guard.record(fut, results)  # checkpoints the circuits whose every block arrived
         finally:
             bar.close()
+            sub.release()
         stats.seconds = time.perf_counter() - sub.submitted
         stats.backends, stats.workers = dict(backends), dict(workers)
         self.last = stats
-        for index in errors:
-            by_index.pop(index, None)  # the blocks of a split circuit that did finish
-        for results in by_index.values():
-            results.sort(key=lambda r: r.start)
-        if guard is not None:
-            # Checkpoints flushed; PoisonCircuitError when only poison circuits failed, else they join `errors`.
-            guard.finish(by_index, errors)
-        if errors:
-            jobs = {j.index: j for j in sub.jobs}
-            done = {i: (assemble(jobs[i], r) if assemble is not None else r) for i, r in by_index.items()}
-            raise BatchError.of(done, errors, FIX)
-        return by_index
+        return by_index, errors
 
     def _resubmit_singly(self, sub: Submission, chunk: Chunk, futures: as_completed) -> list[tuple[Future, Chunk]]:
         """Run each task of a failed chunk as a task of its own (added to ``futures``), at the batch's priority."""
