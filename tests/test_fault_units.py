@@ -50,8 +50,8 @@ from qdask.fault.events import (
 )
 from qdask.quantum import backends as bk
 from qdask.quantum.cost import CostModel
-from qdask.quantum.task import TaskResult, pack_records, unpack_records
 from qdask.quantum.plan import ClusterView, SeedSource, build_jobs
+from qdask.quantum.task import TaskResult, pack_records, unpack_records
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 COST = CostModel(per_circuit=2e-4, per_op=3e-5, per_amp_op=4e-10)
