@@ -55,7 +55,7 @@ class GPUInfo:
 
 
 
-def statevector_bytes(num_qubits: int, workspace: float = 1.0) -> int:
+def statevector_bytes(num_qubits: float, workspace: float = 1.0) -> int:
     """Bytes qsim needs for an ``num_qubits``-wide complex64 state vector times ``workspace``."""
     return int(math.ceil(workspace * BYTES_PER_AMPLITUDE * 2.0**num_qubits))
 

@@ -147,7 +147,7 @@ def content_keys(jobs: Iterable[Job]) -> dict[int, str]:
                 "circuit": _circuit_material(circuit),
                 "params": {str(k): _param(v) for k, v in params.items()},
                 "repetitions": job.repetitions,
-                "seeds": [int(s) for s in job.seeds] if seeds_matter(job) and not hasattr(job.seeds, "key") else None,
+                "seeds": job.seeds.tolist() if seeds_matter(job) and not hasattr(job.seeds, "key") else None,
                 "backend": job.backend,
                 "version": versions[job.backend],
                 "extra": extras[id(job.extra)],
@@ -208,12 +208,13 @@ def encode(key: str, results: list[TaskResult], secret: bytes) -> bytes:
         sort_keys=True,
     ).encode()
     buf = io.BytesIO()
-    np.savez(
-        buf,
-        **{HEADER: np.frombuffer(header, dtype=np.uint8),
-           HEADER_MAC: np.frombuffer(_mac(secret, header), dtype=np.uint8)},
+    # The blocks' arrays are named b<i>[r<j>], never like the header's two.
+    members: dict[str, Any] = {
+        HEADER: np.frombuffer(header, dtype=np.uint8),
+        HEADER_MAC: np.frombuffer(_mac(secret, header), dtype=np.uint8),
         **arrays,
-    )
+    }
+    np.savez(buf, **members)
     return buf.getvalue()
 
 

@@ -222,13 +222,13 @@ def from_message(msg: dict[str, Any]) -> FailureEvent:
     """The typed event of a dict published on :data:`TOPIC` (unknown keys are ignored)."""
     cls = EVENT_TYPES[msg["kind"]]
     names = {f.name for f in fields(cls)}
-    kwargs = {k: v for k, v in msg.items() if k in names}
+    kwargs: dict[str, Any] = {k: v for k, v in msg.items() if k in names}
     for name in ("keys", "peers"):
         if name in kwargs:
             kwargs[name] = tuple(kwargs[name])
     if "recovery" in kwargs:
-        plan = kwargs["recovery"]
-        kwargs["recovery"] = RecoveryPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.items()})
+        plan: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["recovery"].items()}
+        kwargs["recovery"] = RecoveryPlan(**plan)
     return cls(**kwargs)
 
 

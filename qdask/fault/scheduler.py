@@ -61,7 +61,6 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
@@ -87,6 +86,7 @@ from qdask.fault.replication import KeepReplicas, ReplicateResults
 from qdask.quantum.annotation import TaskAnnotation, is_circuit_task
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
     from qdask.monitoring.events import EventStore
@@ -125,21 +125,21 @@ class FaultManager:
         self.events = events
         self.config: FaultToleranceConfig | None = None
         self._dask_allowed_failures = scheduler.allowed_failures
-        self.held: dict[Hashable, tuple[dict[str, float] | None, bool]] = {}
+        self.held: dict[Key, tuple[dict[str, float] | None, bool]] = {}
         # { id: open recovery } and { key: ids of the recoveries waiting for it }
         self.recoveries: dict[int, _Recovery] = {}
-        self.waiting_on: dict[Hashable, set[int]] = {}
+        self.waiting_on: dict[Key, set[int]] = {}
         # { single-circuit task: the isolated chunk (still waited for) it reruns a circuit of }
-        self.origin_of: dict[Hashable, Hashable] = {}
+        self.origin_of: dict[Key, Key] = {}
         self._ids = itertools.count()
         # { worker: keys of fault-tolerant tasks that reported their start there (their credit spent) }
-        self._started: dict[str, set[Hashable]] = {}
+        self._started: dict[str, set[Key]] = {}
         # Workers the worker-ttl check gave up on, until their removal arrives.
         self._timed_out: set[str] = set()
         self.tracker = RecoveryTracker(self)
         # (worker, key) transfer failures already reported: find-missing repeats every heartbeat
-        self._reported: set[tuple[str, Hashable]] = set()
-        self._reported_order: deque[tuple[str, Hashable]] = deque()
+        self._reported: set[tuple[str, Key]] = set()
+        self._reported_order: deque[tuple[str, Key]] = deque()
         # AMM policies of ours, and Dask's ReduceReplicas they stand in for
         self._amm_policies: list[ActiveMemoryManagerPolicy] = []
         self._replaced: list[ActiveMemoryManagerPolicy] = []
@@ -333,7 +333,7 @@ class FaultManager:
             record=False,  # the plugin counts node failures with the registry
         )
 
-    def started(self, key: Hashable, worker: str) -> None:
+    def started(self, key: Key, worker: str) -> None:
         """``qdask_fault_started``: a fault-tolerant chunk task starts computing on ``worker``.
 
         Spends the task's credit (see the module docstring), once per assignment.
@@ -343,14 +343,17 @@ class FaultManager:
             return  # stale: moved, released or its worker removed meanwhile
         # Keep only what may still run there (at most a few keys: one per thread).
         tasks = self.scheduler.tasks
-        keys = {k for k in self._started.get(worker, ()) if (t := tasks.get(k)) is not None and t.processing_on is ws}
+        keys: set[Key] = {
+            k for k in self._started.get(worker, ()) if (t := tasks.get(k)) is not None and t.processing_on is ws
+        }
         if key not in keys:
             _compat.add_suspicious(ts, 1)
-        self._started[worker] = keys | {key}
+        keys.add(key)
+        self._started[worker] = keys
 
     @staticmethod
     def _interrupted(
-        tasks: list[TaskState], started: set[Hashable]
+        tasks: list[TaskState], started: set[Key]
     ) -> tuple[list[TaskState], set[TaskState]]:
         """Which of a dead worker's tasks were running there (the others only waited for a slot).
 
@@ -393,7 +396,7 @@ class FaultManager:
         ts.annotations = {**old, ANNOTATION: {**old.get(ANNOTATION, {}), "isolate": True}}
         return True
 
-    def isolated(self, key: Hashable) -> bool:
+    def isolated(self, key: Key) -> bool:
         ts = self.scheduler.tasks.get(key)
         return ts is not None and bool((ts.annotations or {}).get(ANNOTATION, {}).get("isolate"))
 
@@ -440,7 +443,10 @@ class FaultManager:
                 continue
             ts.resource_restrictions, ts.loose_restrictions = restrictions, loose
             released.append(ts)
-        runnable = sorted((ts for ts in released if ts.state == "no-worker"), key=lambda t: t.priority, reverse=True)
+        # A task in no-worker has its priority (set when it was added).
+        runnable = sorted(
+            (ts for ts in released if ts.state == "no-worker"), key=lambda t: t.priority or (), reverse=True
+        )
         # Recommendations are processed last-in first-out: highest priority last.
         s.transitions({ts.key: "processing" for ts in runnable}, stimulus_id=f"qdask-resubmit-{time.time()}")
         self._keep_held()
@@ -470,7 +476,7 @@ class FaultManager:
         ws = self.scheduler.workers.get(transition_kwargs.get("worker"))  # type: ignore[arg-type]
         return min(starts) + (ws.time_delay if ws is not None else 0.0)
 
-    def resolve(self, key: Hashable, started: float | None) -> None:
+    def resolve(self, key: Key, started: float | None) -> None:
         """``key`` ran again (at ``started``), or never will (None)."""
         for rid in self.waiting_on.pop(key, ()):
             rec = self.recoveries[rid]
@@ -490,7 +496,7 @@ class FaultManager:
         duration = max(0.0, rec.last_start - rec.detected)
         self._publish(RecoveryEvent(rec.worker, time.time(), rec.cause, tuple(rec.keys), duration=duration))
 
-    def _replace(self, origin: Hashable, keys: list[Hashable]) -> None:
+    def _replace(self, origin: Key, keys: list[Key]) -> None:
         """Single-circuit tasks ``keys`` rerun the circuits of the isolated chunk ``origin``."""
         if origin in self.waiting_on:
             for key in keys:
@@ -500,7 +506,7 @@ class FaultManager:
     def update_graph(self, annotations: dict[Any, dict[str, Any]]) -> None:
         """Tasks resubmitted after a worker death: their failures so far, their recovery, their priority."""
         s = self.scheduler
-        replacing: dict[Hashable, list[Hashable]] = {}
+        replacing: dict[Key, list[Key]] = {}
         for key, meta in annotations.items():
             ts = s.tasks.get(key)
             if ts is None or not isinstance(meta, dict):
@@ -541,7 +547,7 @@ class FaultManager:
             event = NetworkError(worker, time.time(), "transfer-failed", tuple(keys), detail, tuple(sorted(peers)))
             self._publish(event)
 
-    def _remember(self, item: tuple[str, Hashable], limit: int = 10_000) -> None:
+    def _remember(self, item: tuple[str, Key], limit: int = 10_000) -> None:
         self._reported.add(item)
         self._reported_order.append(item)
         if len(self._reported_order) > limit:

@@ -506,7 +506,7 @@ def submit_job(client: Client, job: Job, view: ClusterView, priority: int) -> Fu
 
 
 def _job_result(index: int, phase: complex, *parts: tuple[np.ndarray, float, str]) -> list[TaskResult]:
-    amplitudes = (sum(p[0] for p in parts) * phase).astype(np.complex64)
+    amplitudes = np.asarray(sum(p[0] for p in parts) * phase).astype(np.complex64)
     workers = ",".join(sorted({p[2] for p in parts}))
     return [TaskResult(index, 0, QSIMH, sum(p[1] for p in parts), workers, amplitudes, int(amplitudes.nbytes))]
 

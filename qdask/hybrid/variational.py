@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cirq
 import numpy as np
@@ -149,9 +149,12 @@ class Objective:
     def __post_init__(self) -> None:
         if self.symbols is None:
             self.symbols = sorted(cirq.parameter_symbols(self.circuit), key=str)
-        self.symbols = list(self.symbols)
+        # The same list under its typed name: ``symbols`` is no longer None from here.
+        self._symbols: list[sympy.Symbol] = list(self.symbols)
+        self.symbols = self._symbols
+        self._shifted: cirq.Circuit | None
         try:
-            self._shifted, self._uses = _one_symbol_per_use(self.circuit, self.symbols)
+            self._shifted, self._uses = _one_symbol_per_use(self.circuit, self._symbols)
             self._why_not: str | None = None
         except NotShiftableError as e:
             self._shifted, self._uses, self._why_not = None, [], str(e)
@@ -159,10 +162,10 @@ class Objective:
     # -- parameter points ----------------------------------------------------------------
     def _x(self, x: Sequence[float]) -> np.ndarray:
         arr = np.asarray(x, dtype=float)
-        if arr.shape != (len(self.symbols),):
+        if arr.shape != (len(self._symbols),):
             raise ValueError(
-                f"x has shape {arr.shape}, the objective has {len(self.symbols)} parameters "
-                f"({[str(s) for s in self.symbols]}). Fix: pass one value per symbol, in that order."
+                f"x has shape {arr.shape}, the objective has {len(self._symbols)} parameters "
+                f"({[str(s) for s in self._symbols]}). Fix: pass one value per symbol, in that order."
             )
         return arr
 
@@ -184,7 +187,7 @@ class Objective:
         if self._shifted is not None:
             out = self._run(self._shifted, self._resolvers([self._exponents(x) for x in xs]))
         else:
-            resolvers = [cirq.ParamResolver(dict(zip(self.symbols, (float(v) for v in x)))) for x in xs]
+            resolvers = [cirq.ParamResolver(dict(zip(self._symbols, (float(v) for v in x)))) for x in xs]
             out = self._run(self.circuit, resolvers)
         self.history.extend((x, float(v)) for x, v in zip(xs, out))
         return out
@@ -209,7 +212,7 @@ class Objective:
                 shifted[i] += sign
                 points.append(shifted)
         out = self._run(self._shifted, self._resolvers(points))
-        grad = np.zeros(len(self.symbols))
+        grad = np.zeros(len(self._symbols))
         for i, use in enumerate(self._uses):
             grad[use.symbol] += use.slope * math.pi / 2 * (out[1 + 2 * i] - out[2 + 2 * i])
         self.history.append((xv, float(out[0])))
@@ -234,7 +237,7 @@ def _one_symbol_per_use(circuit: cirq.AbstractCircuit, symbols: list[sympy.Symbo
             return op
         gate = op.gate
         shifts = sorted(set(np.round(gate._eigen_shifts(), 12))) if isinstance(gate, cirq.EigenGate) else []
-        if len(shifts) != 2 or not math.isclose(shifts[1] - shifts[0], 1.0):
+        if not isinstance(gate, cirq.EigenGate) or len(shifts) != 2 or not math.isclose(shifts[1] - shifts[0], 1.0):
             raise NotShiftableError(f"{op} is not a gate G**t with two eigenvalues one unit of t apart")
         exponent = sympy.sympify(gate.exponent)
         free = exponent.free_symbols
@@ -250,7 +253,8 @@ def _one_symbol_per_use(circuit: cirq.AbstractCircuit, symbols: list[sympy.Symbo
         uses.append(_Use(index[symbol], float(slope), float(offset)))
         # _with_exponent is how cirq itself rebuilds an EigenGate (Rx keeps being an Rx).
         new_gate = gate._with_exponent(_use_symbol(len(uses) - 1))
-        return op.untagged.with_gate(new_gate).with_tags(*op.tags)
+        # An EigenGate's operation is a GateOperation.
+        return cast(cirq.GateOperation, op.untagged).with_gate(new_gate).with_tags(*op.tags)
 
     return cirq.map_operations(cirq.Circuit(circuit), rewrite), uses
 

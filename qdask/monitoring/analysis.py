@@ -66,7 +66,7 @@ class Thresholds:
     @classmethod
     def from_config(cls, **overrides: Any) -> Thresholds:
         durations = {"tiny_task", "min_load", "min_transfer"}
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = overrides.get(f.name, qconfig.get(f"monitoring.analysis.{f.name.replace('_', '-')}"))
             values[f.name] = parse_duration(raw) if f.name in durations else raw

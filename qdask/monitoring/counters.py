@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import key_split
@@ -27,6 +26,7 @@ from qdask.quantum.annotation import TaskAnnotation
 from qdask.resources import ANNOTATION
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed.scheduler import Scheduler
 
 NAME = "qdask-circuits"
@@ -36,7 +36,7 @@ BATCHES_KEPT = 20
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, math.inf)
 
 
-def work_kind(key: Hashable) -> str:
+def work_kind(key: Key) -> str:
     """What a circuit task computes (``sample``, ``simulate``, ...), from its key.
 
     Keys are ``qdask_<work>_<qubits>q_<duration>-<id>``
@@ -101,7 +101,7 @@ class CircuitCounters(SchedulerPlugin):
             if ann is not None and ann.batch is not None:
                 self._batch(ann, key)
 
-    def _batch(self, ann: TaskAnnotation, key: Hashable) -> dict[str, Any]:
+    def _batch(self, ann: TaskAnnotation, key: Key) -> dict[str, Any]:
         batch = str(ann.batch)
         progress = self.batch_progress.get(batch)
         if progress is None:
@@ -113,7 +113,7 @@ class CircuitCounters(SchedulerPlugin):
                 self.batch_progress.popitem(last=False)
         return progress
 
-    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+    def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if start != "processing" or finish != "memory":
             return
         ann = TaskAnnotation.of(self.scheduler.tasks.get(key))

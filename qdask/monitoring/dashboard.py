@@ -14,7 +14,7 @@ the workers.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qdask import _compat
 from qdask.monitoring.counters import BUCKETS
@@ -25,6 +25,7 @@ from qdask.table import format_seconds
 
 if TYPE_CHECKING:
     from bokeh.document import Document
+    from bokeh.models import FactorRange, Range1d
     from distributed.scheduler import Scheduler
 
     from qdask.monitoring.monitor import Monitor
@@ -81,8 +82,9 @@ def eta_text(running: int, waiting: int, seconds_left: float, slots: float, fini
 
     Examples
     --------
-    >>> eta_text(2, 8, 12.0, 2, 100, 5.0)
-    'circuit tasks: 2 running, 8 waiting; about 12 s of work left on 2 slot(s), done in ~6 s; 100 circuits finished, 5 circuits/s'
+    >>> print(eta_text(2, 8, 12.0, 2, 100, 5.0))  # doctest: +NORMALIZE_WHITESPACE
+    circuit tasks: 2 running, 8 waiting; about 12 s of work left on 2 slot(s), done in ~6 s;
+    100 circuits finished, 5 circuits/s
     """
     parts = [f"circuit tasks: {running} running, {waiting} waiting"]
     if running or waiting:
@@ -228,19 +230,19 @@ class QdaskPage:
     """The figures of the page and their refresh (a Dask ``DashboardComponent``)."""
 
     def __init__(self, scheduler: Scheduler) -> None:
+        # DataTable, Div, Label and TableColumn from their own modules: bokeh.models
+        # re-exports them, but not in a way type checkers follow.
         from bokeh.layouts import column, row
         from bokeh.models import (
             BasicTicker,
             ColumnDataSource,
-            DataTable,
-            Div,
             FactorRange,
             HoverTool,
-            Label,
             NumeralTickFormatter,
             Range1d,
-            TableColumn,
         )
+        from bokeh.models.annotations import Label
+        from bokeh.models.widgets import DataTable, Div, TableColumn
         from bokeh.plotting import figure
 
         self.scheduler = scheduler
@@ -256,7 +258,7 @@ class QdaskPage:
         )
         self.utilization = figure(
             title=f"Utilization over time (%, mean of the last {SMOOTHING_S:g} s)", x_axis_type="datetime",
-            y_range=Range1d(0, 105), height=260, sizing_mode="stretch_width", name="qdask-utilization",
+            y_range=Range1d(start=0, end=105), height=260, sizing_mode="stretch_width", name="qdask-utilization",
             tools="xpan,xwheel_zoom,reset",
         )
         self.utilization.line("time", "quantum_raw", source=self.utilization_source, line_width=1,
@@ -272,7 +274,7 @@ class QdaskPage:
                                                 name="qdask-priority-source")
         # Explicit ranges, set in update(): data ranges of empty plots make Bokeh warn.
         self.priority = figure(title="Ready circuit tasks by priority", height=260, width=360,
-                               x_range=FactorRange(factors=["normal"]), y_range=Range1d(0, 1),
+                               x_range=FactorRange(factors=["normal"]), y_range=Range1d(start=0, end=1),
                                name="qdask-priority", tools="")
         self.priority.vbar(x="label", top="ready", width=0.8, source=self.priority_source, color="#7b3294")
         self.priority.xaxis.axis_label = "priority (low, normal, high, critical, or the number)"
@@ -282,7 +284,7 @@ class QdaskPage:
         self.rate_source = ColumnDataSource({"time": [], "rate": []}, name="qdask-rate-source")
         self.rate = figure(title=f"Circuits finished per second (over the last {SMOOTHING_S:g} s)",
                            x_axis_type="datetime",
-                           x_range=self.utilization.x_range, y_range=Range1d(0, 1), height=220,
+                           x_range=self.utilization.x_range, y_range=Range1d(start=0, end=1), height=220,
                            sizing_mode="stretch_width", name="qdask-rate", tools="xpan,reset")
         self.rate.line("time", "rate", source=self.rate_source, line_width=2, color="#1b7837")
         self.backends_source = ColumnDataSource({"backend": [], "circuits": []}, name="qdask-backends-source")
@@ -305,7 +307,7 @@ class QdaskPage:
             ("GPUs per worker: capacity / in use", "gpus", "gpus_busy", "0"),
         ):
             name = "qdask-capacity-" + {"sv_full": "sv"}.get(total, total)
-            fig = figure(title=title, x_range=Range1d(0, 1), y_range=FactorRange(factors=["(no workers)"]),
+            fig = figure(title=title, x_range=Range1d(start=0, end=1), y_range=FactorRange(factors=["(no workers)"]),
                          height=240, sizing_mode="stretch_width", name=name, tools="")
             fig.hbar(y="worker", right=total, height=0.8, source=self.capacity_source, color="#c2a5cf",
                      legend_label="capacity")
@@ -373,7 +375,7 @@ class QdaskPage:
         from bokeh.models import BasicTicker, FactorRange, HoverTool, Range1d
         from bokeh.plotting import figure
 
-        fig = figure(title=title, x_range=FactorRange(factors=["-"]), y_range=Range1d(0, 1), height=220,
+        fig = figure(title=title, x_range=FactorRange(factors=["-"]), y_range=Range1d(start=0, end=1), height=220,
                      width=300, name=name, tools="")
         fig.vbar(x=x, top="circuits", width=0.8, source=source, color="#1b7837")
         fig.yaxis.ticker = BasicTicker(desired_num_ticks=5, min_interval=1)
@@ -407,7 +409,7 @@ class QdaskPage:
         self.priority_source.data = {"priority": list(by_priority), "label": labels,
                                      "ready": list(by_priority.values())}
         if by_priority:
-            self.priority.x_range.factors = labels
+            cast("FactorRange", self.priority.x_range).factors = labels
             self.priority.y_range.update(start=0, end=max(by_priority.values()) * 1.1)
         self._update_circuits(monitor)
         self._update_events(monitor)
@@ -487,7 +489,7 @@ class QdaskPage:
             )
         if new:
             self._last_sample = new[-1]["time"]
-            smoothed = {"time": [], "quantum": [], "nodes": [], "quantum_raw": []}
+            smoothed: dict[str, Any] = {"time": [], "quantum": [], "nodes": [], "quantum_raw": []}
             for s in new:
                 t, q, n = s["time"], s["total"]["quantum_utilization"], s["total"]["node_utilization"]
                 self._recent = [r for r in self._recent if r[0] > t - SMOOTHING_S] + [(t, q, n)]
@@ -506,7 +508,7 @@ class QdaskPage:
             self.workers_source.data = data
 
     def _update_capacity(self) -> None:
-        rows = {k: [] for k in self.capacity_source.data}
+        rows: dict[str, list[Any]] = {k: [] for k in self.capacity_source.data}
         for ws in self.scheduler.workers.values():
             res = worker_resources(ws)
             rows["worker"].append(str(ws.name))
@@ -521,11 +523,13 @@ class QdaskPage:
             rows["gpus_busy"].append(res["gpus_busy"])
         factors = rows["worker"] or ["(no workers)"]
         for fig, total in zip(self.capacity, ("slots", "sv_full", "gpus")):
-            if list(fig.y_range.factors) != factors:
-                fig.y_range.factors = factors
+            # Built in __init__ with a FactorRange y and a Range1d x.
+            y_range, x_range = cast("FactorRange", fig.y_range), cast("Range1d", fig.x_range)
+            if list(y_range.factors) != factors:
+                y_range.factors = factors
             end = 100.0 if total == "sv_full" else max(rows[total], default=0) * 1.05 or 1
-            if fig.x_range.end != end:
-                fig.x_range.end = end
+            if x_range.end != end:
+                x_range.end = end
         no_gpus = NO_GPUS if not any(rows["gpus"]) else ""
         if self.no_gpus.text != no_gpus:
             self.no_gpus.text = no_gpus

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from logging.handlers import RotatingFileHandler
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from qdask.resources import QUANTUM
 from qdask.scheduler.placement import worker_resources
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class CircuitTracker(SchedulerPlugin):
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         # { key of a ready circuit task: its priority }
-        self.ready: dict[Hashable, int] = {}
+        self.ready: dict[Key, int] = {}
         # { priority: ready circuit tasks }
         self.by_priority: Counter[int] = Counter()
         self.trace: ChromeTrace | None = None
@@ -85,7 +86,7 @@ class CircuitTracker(SchedulerPlugin):
                 if ann is not None:
                     self._add(ts.key, _priority(ts, ann))
 
-    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+    def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         # Only crossings of the READY boundary matter; everything else returns at once.
         if (start in READY) == (finish in READY):
             return
@@ -105,12 +106,12 @@ class CircuitTracker(SchedulerPlugin):
         if self.trace is not None and start == "processing" and finish in ("memory", "erred"):
             self._span(key, finish, priority, kwargs)
 
-    def _add(self, key: Hashable, priority: int) -> None:
+    def _add(self, key: Key, priority: int) -> None:
         if key not in self.ready:
             self.ready[key] = priority
             self.by_priority[priority] += 1
 
-    def _span(self, key: Hashable, state: str, priority: int, kw: dict[str, Any]) -> None:
+    def _span(self, key: Key, state: str, priority: int, kw: dict[str, Any]) -> None:
         assert self.trace is not None
         startstops = kw.get("startstops") or ()
         compute = [s for s in startstops if s.get("action") == "compute"]

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from qdask.quantum.analysis import CircuitInfo
     from qdask.quantum.qsim_fast import CompactCircuit, GateTable
+    from qdask.quantum.task import Seeds
     from qdask.resources import GPUInfo
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class SeedStream(np.random.RandomState):
     chunking or number of workers.
     """
 
-    def __init__(self, seeds: np.ndarray) -> None:
+    def __init__(self, seeds: Seeds) -> None:
         super().__init__(0)
         self._seeds = iter(seeds.tolist())
 
@@ -102,7 +103,7 @@ class RunOptions:
     ``seed + i``, so a block of them is the serial call's own.
     """
 
-    seeds: np.ndarray | None = None
+    seeds: Seeds | None = None
     threads: int = 1
     max_fused_gate_size: int = 2
     initial_state: int | np.ndarray = 0
@@ -247,7 +248,12 @@ class QSimBackend:
         return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def sample_compact(
-        self, compact: CompactCircuit, gates: GateTable, resolver: cirq.ParamResolver, repetitions: int, opts: RunOptions
+        self,
+        compact: CompactCircuit,
+        gates: GateTable,
+        resolver: cirq.ParamResolver,
+        repetitions: int,
+        opts: RunOptions,
     ) -> dict[str, np.ndarray]:
         """:meth:`sample`'s records of a circuit the planner sent in its compact form (``qsim_fast``).
 
@@ -263,12 +269,14 @@ class QSimBackend:
                 "this worker emulates device noise set after the batch was planned, and the batch came without "
                 "cirq circuits to add it to. Fix: submit the batch again (it is planned for the noisy devices)."
             )
+        assert opts.seeds is not None, "the planner sends a compact circuit with its seed draws"
         return sample(*self._settings(opts), compact, gates, repetitions, int(opts.seeds[0]), resolver)
 
     def _settings(self, opts: RunOptions) -> tuple[Any, dict[str, Any]]:
         """(qsim module, option dict) of this backend's simulator for ``opts``."""
         caller = tuple(sorted((opts.qsim_options or {}).items()))
-        return _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size, caller)
+        # mypy checks a class against Hashable with its instances' __hash__ signature; classes hash.
+        return _qsim_settings(type(self), opts.threads, opts.max_fused_gate_size, caller)  # type: ignore[arg-type]
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
         # qsim's raw state: the client's trial result normalises it once, as qsimcirq's does

@@ -63,7 +63,8 @@ class CostModel:
             # Tableau simulation: polynomial; translation dominates.
             return self.per_circuit + self.per_op * ops * 2 + 1e-7 * repetitions * info.num_qubits
         amplitudes = 4.0**info.num_qubits if backend == "density-matrix" else 2.0**info.num_qubits
-        kernel = (self.per_amp_op * ops + self.per_amp_term * terms) * amplitudes / self.speedup(info.num_qubits, threads)
+        per_amp = self.per_amp_op * ops + self.per_amp_term * terms
+        kernel = per_amp * amplitudes / self.speedup(info.num_qubits, threads)
         one = self.per_op * ops + kernel
         if info.per_repetition and backend != "density-matrix":
             return self.per_circuit + one * max(repetitions, 1)

@@ -282,7 +282,9 @@ class Engine:
                 except Exception as e:  # name the circuit and gate, not just "cannot pickle '_thread.lock'"
                     raise find_unpicklable([(t.index, t.circuit) for t in chunk.tasks], e) from e
                 sub.circuit_bytes += len(blob)
-                run = partial(run_chunk_then, finish, jobs, urgent=prio > 0) if sub.finished else run_chunk
+                run: Callable[..., Any] = run_chunk
+                if sub.finished and finish is not None:  # sub.finished implies finish
+                    run = partial(run_chunk_then, finish, jobs, urgent=prio > 0)
                 sub.futures.append(self._submit_chunk(run, chunk, blob, work, prio, batch=batch))
         for job, router in paths:
             sub.futures.append(router.submit(self.client, job, view, prio))
@@ -353,7 +355,7 @@ class Engine:
         guard = sub.guard
         chunk_of = {fut.key: chunk for chunk, fut in zip(sub.chunks, sub.futures)}
         try:
-            futures = as_completed(sub.futures)
+            futures = as_completed(sub.futures, loop=self.client.loop)  # not the default client's
             for fut in futures:
                 # The guard may hand a chunk's circuits back one task each (added to `futures`).
                 try:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import cirq
 import numpy as np
@@ -43,7 +43,7 @@ class QuantumTaskError(RuntimeError):
     """
 
 
-def _compute(backend: Any, task: Task, circuit: cirq.AbstractCircuit, opts: bk.RunOptions) -> Any:
+def _compute(backend: Any, task: Task, circuit: cirq.AbstractCircuit | CompactCircuit, opts: bk.RunOptions) -> Any:
     """The task's work on ``backend``: packed records, a state, expectation values or amplitudes."""
     if task.work == "sample" and isinstance(circuit, CompactCircuit):
         records = backend.sample_compact(circuit, task.gates, task.resolver, task.repetitions, opts)
@@ -94,7 +94,8 @@ def run_task(task: Task, worker: str = "") -> TaskResult:
         report_quantum_error(task.index, backend.name, e)  # to the scheduler's failure handlers
         # The chunk's other circuits still come back; the client raises one
         # qdask.BatchError of the original type for the batch (qdask.quantum.errors).
-        note = f"qdask: circuit {task.index} failed on backend {backend.name!r}" + (f" on worker {worker}" if worker else "")
+        note = f"qdask: circuit {task.index} failed on backend {backend.name!r}"
+        note += f" on worker {worker}" if worker else ""
         failure = TaskFailure.of(e, note)
         return TaskResult(task.index, task.start, backend.name, time.perf_counter() - t0, worker, failure, 0)
     seconds = time.perf_counter() - t0
@@ -133,13 +134,15 @@ def run_expectation_sweep(tasks: list[Task], worker: str = "") -> list[TaskResul
     by one, which reports the failing circuit.
     """
     first = tasks[0]
-    backend = bk.get_backend(first.backend)
+    # CPU qsim (_sweep_key), which has expectation_sweep beyond the Backend protocol.
+    backend = cast(bk.QSimBackend, bk.get_backend(first.backend))
     # qsimcirq draws one seed per point, in order: each task's one draw.
     opts = replace(_options(first), seeds=np.concatenate([t.seeds for t in tasks]))
+    circuit = cast(cirq.AbstractCircuit, first.circuit)  # compact circuits are sampled only
     t0 = time.perf_counter()
     try:
         values = backend.expectation_sweep(
-            first.circuit, first.extra["observables"], [t.resolver for t in tasks], first.extra["qubit_order"], opts
+            circuit, first.extra["observables"], [t.resolver for t in tasks], first.extra["qubit_order"], opts
         )
     except Exception:
         logger.debug("circuits %s: sweep failed; running them one by one", [t.index for t in tasks], exc_info=True)

@@ -12,7 +12,7 @@ import io
 import pickle
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cirq
@@ -54,7 +54,11 @@ def _qubit_order(value: cirq.QubitOrder) -> tuple[Any, tuple[Any, ...]]:
 # send by reference; its terms can, and rebuild the same sum. The default
 # qubit order (what every expectation value or state of a caller who names
 # none carries) is a lambda too, and goes by name.
-_DISPATCH = {**copyreg.dispatch_table, cirq.PauliSum: _pauli_sum, cirq.QubitOrder: _qubit_order}
+_DISPATCH: dict[type, Callable[[Any], Any]] = {
+    **copyreg.dispatch_table,
+    cirq.PauliSum: _pauli_sum,
+    cirq.QubitOrder: _qubit_order,
+}
 
 
 class Shared:

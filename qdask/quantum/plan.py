@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import cirq
 import numpy as np
@@ -25,7 +25,7 @@ from qdask.quantum.analysis import CircuitInfo, analyze
 from qdask.quantum.annotation import TaskAnnotation
 from qdask.quantum.cost import CostModel
 from qdask.quantum.qsim_fast import CompactCircuit
-from qdask.quantum.task import Task
+from qdask.quantum.task import Seeds, Task
 from qdask.quantum.validate import (
     BackendMismatchError,
     CircuitTooWideError,
@@ -97,7 +97,7 @@ class Job:
     repetitions: int
     info: CircuitInfo
     backend: str
-    seeds: np.ndarray
+    seeds: Seeds
     est_seconds: float
     memory: int
     extra: dict[str, Any] = field(default_factory=dict)
@@ -270,7 +270,8 @@ class SeedSource:
         self._settle()
         if n <= LAZY_SEEDS:
             return self._state.randint(_SEED_HIGH, size=n).astype(np.int64)
-        seeds = SeedRange(self._state.get_state(), 0, n)
+        # get_state()'s default (legacy) form is a tuple; numpy's stub types it as a dict.
+        seeds = SeedRange(cast("tuple[Any, ...]", self._state.get_state()), 0, n)
         self._skip = n
         if not self._lazy:
             self._settle()
@@ -359,7 +360,8 @@ def build_jobs(
             if memory > view.max_statevector_bytes and simulator == "auto" and policy.sf_fallback:
                 backend_name, backend, memory = _paths_fallback(info, work, view, backend_name, backend, memory)
             if memory > view.max_statevector_bytes:
-                workspace = config.get("worker.final-state-workspace" if work == "state" else "worker.sampling-workspace")
+                workspace_key = "worker.final-state-workspace" if work == "state" else "worker.sampling-workspace"
+                workspace = config.get(workspace_key)
                 widest = max_qubits_for(view.max_statevector_bytes, workspace)
                 raise CircuitTooWideError(
                     index,
@@ -524,7 +526,10 @@ def _backend_for(
     why = bk.get_backend(simulator).unsupported(info, work)
     if why is not None:
         raise bk.mismatch_type(simulator, info)(
-            index, f"simulator {simulator!r} cannot {work} it: {why}", "what the backend supports", "pass simulator='auto'"
+            index,
+            f"simulator {simulator!r} cannot {work} it: {why}",
+            "what the backend supports",
+            "pass simulator='auto'",
         )
     return simulator
 
@@ -555,7 +560,12 @@ def target_chunk_seconds(jobs: list[Job], view: ClusterView, priority: int = 0) 
 
 
 def make_chunks(
-    jobs: list[Job], view: ClusterView, target: float, policy: OptimizationPolicy | None = None, *, ceiling: bool = False
+    jobs: list[Job],
+    view: ClusterView,
+    target: float,
+    policy: OptimizationPolicy | None = None,
+    *,
+    ceiling: bool = False,
 ) -> list[Chunk]:
     """Pack small jobs into chunks of about ``target`` seconds; big jobs run alone.
 
@@ -651,7 +661,10 @@ def _split(job: Job, view: ClusterView, target: float, policy: OptimizationPolic
     edges = np.linspace(0, job.repetitions, blocks + 1).astype(int)
     per_rep = job.est_seconds / job.repetitions
     return [
-        (_task(job, job.seeds if trajectories else job.seeds[a:b], int(a), int(b - a), threads, policy), per_rep * (b - a))
+        (
+            _task(job, job.seeds if trajectories else job.seeds[a:b], int(a), int(b - a), threads, policy),
+            per_rep * (b - a),
+        )
         for a, b in zip(edges[:-1], edges[1:])
         if b > a
     ]
@@ -677,7 +690,7 @@ def _shot_blocks(job: Job, threads: int, policy: OptimizationPolicy) -> list[tup
     ]
 
 
-def _task(job: Job, seeds: np.ndarray, start: int, repetitions: int, threads: int, policy: OptimizationPolicy) -> Task:
+def _task(job: Job, seeds: Seeds, start: int, repetitions: int, threads: int, policy: OptimizationPolicy) -> Task:
     return Task(
         index=job.index,
         start=start,

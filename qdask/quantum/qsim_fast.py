@@ -78,7 +78,7 @@ def tally(**seconds: float) -> None:
 def take_stages() -> dict[str, float]:
     """:data:`STAGES` so far, then reset (``client.run(take_stages)`` reads workers')."""
     with _STAGES_LOCK:
-        out = dict(STAGES)
+        out = {stage: float(seconds) for stage, seconds in STAGES.items()}
         STAGES.clear()
     return out
 
@@ -158,12 +158,14 @@ class _Registry:
         if hit is not None:
             return hit[1]
         matrix = isinstance(gate, cirq.MatrixGate)  # not by value: rarely shared, up to 64 KB to hash
-        try:
-            key = None if matrix else _value_key(gate)
-            i = None if matrix else self.by_value.get(key)
-        except TypeError:  # unhashable attributes: by id only
-            matrix = True
-            i = None
+        key: tuple | None = None
+        i: int | None = None
+        if not matrix:
+            try:
+                key = _value_key(gate)
+                i = self.by_value.get(key)
+            except TypeError:  # unhashable attributes: by id only
+                key = None
         if i is None:
             try:
                 entry = _entry(gate)
@@ -172,7 +174,7 @@ class _Registry:
             i = -1 if entry is None else len(self.entries)
             if entry is not None:
                 self.entries.append(entry)
-            if not matrix:
+            if key is not None:  # not a matrix, and hashable
                 self.by_value[key] = i
         if len(self.by_id) >= self.MAX_ENTRIES:
             self.by_id.clear()

@@ -93,7 +93,10 @@ class Sampler(cirq.Sampler):
 
     @property
     def qsim_options(self) -> dict[str, Any]:
-        """qsim's option dict, as ``qsimcirq.QSimSimulator.qsim_options`` reports it (qsim's defaults, then the caller's)."""
+        """qsim's option dict, as ``qsimcirq.QSimSimulator.qsim_options`` reports it.
+
+        qsim's defaults, then the caller's.
+        """
         import qsimcirq
 
         return {**qsimcirq.QSimOptions().as_dict(), **self._qsim_changes}
@@ -153,7 +156,7 @@ class Sampler(cirq.Sampler):
         """
         return (await self.run_batch_async([program], [params], repetitions))[0]
 
-    def run_batch(  # type: ignore[override]
+    def run_batch(
         self,
         programs: Sequence[cirq.AbstractCircuit],
         params_list: Sequence[cirq.Sweepable] | None = None,
@@ -271,11 +274,15 @@ class Sampler(cirq.Sampler):
             params_list = [None] * len(programs)
         if isinstance(programs, cirq.AbstractCircuit):
             raise TypeError(
-                "programs must be a list of circuits, got one cirq.Circuit. Fix: run_batch([circuit], ...) or run(circuit, ...)"
+                "programs must be a list of circuits, got one cirq.Circuit. "
+                "Fix: run_batch([circuit], ...) or run(circuit, ...)"
             )
         # A string is a Sequence: "10" would be read as two repetition counts.
-        many = isinstance(repetitions, Sequence) and not isinstance(repetitions, (str, bytes))
-        reps = list(repetitions) if many else [repetitions] * len(programs)
+        reps: list[Any]  # each checked when planned (validate.check_repetitions)
+        if isinstance(repetitions, Sequence) and not isinstance(repetitions, (str, bytes)):
+            reps = list(repetitions)
+        else:
+            reps = [repetitions] * len(programs)
         fix = "Fix: pass one sweep and one repetition count per program (or one int for all)."
         # cirq's own wording (cirq.Sampler._normalize_batch_args), then qdask's fix.
         if len(programs) != len(params_list):
@@ -283,9 +290,13 @@ class Sampler(cirq.Sampler):
                 f"len(programs) and len(params_list) must match. Got {len(programs)} and {len(params_list)}. {fix}"
             )
         if len(programs) != len(reps):
-            raise ValueError(f"len(programs) and len(repetitions) must match. Got {len(programs)} and {len(reps)}. {fix}")
+            raise ValueError(
+                f"len(programs) and len(repetitions) must match. Got {len(programs)} and {len(reps)}. {fix}"
+            )
         extra = self._with_options([{}] * len(programs)) if self._qsim_changes else None
-        return self.engine.submit([self._noisy(p) for p in programs], list(params_list), reps, work="sample", extra=extra)
+        return self.engine.submit(
+            [self._noisy(p) for p in programs], list(params_list), reps, work="sample", extra=extra
+        )
 
 
 def _qsim_changes(qsim_options: Any) -> dict[str, Any]:

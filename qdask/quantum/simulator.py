@@ -74,7 +74,7 @@ class Simulator(
         return dict(self.run_sweep(circuit, param_resolver, repetitions)[0].records)
 
     # -- SimulatesFinalState ---------------------------------------------------------
-    def simulate_sweep(  # type: ignore[override]
+    def simulate_sweep(
         self,
         program: cirq.AbstractCircuit,
         params: cirq.Sweepable = None,
@@ -160,11 +160,16 @@ class Simulator(
         >>> state.shape  # doctest: +SKIP
         (16,)
         """
-        resolver, data, order, _ = self._states(program, cirq.ParamResolver(param_resolver), qubit_order, initial_state)[0]
+        states = self._states(program, cirq.ParamResolver(param_resolver), qubit_order, initial_state)
+        resolver, data, order, _ = states[0]
         return resolver, data[0] if isinstance(data, tuple) else data, tuple(order)
 
     def _states(
-        self, program: cirq.AbstractCircuit, params: cirq.Sweepable, qubit_order: cirq.QubitOrderOrList, initial_state: Any
+        self,
+        program: cirq.AbstractCircuit,
+        params: cirq.Sweepable,
+        qubit_order: cirq.QubitOrderOrList,
+        initial_state: Any,
     ) -> list[tuple[cirq.ParamResolver, Any, list[cirq.Qid], list[TaskResult]]]:
         program = self._noisy(program)
         order = _order(program, qubit_order)
@@ -173,7 +178,7 @@ class Simulator(
         return [(job.resolver, by_index[job.index][0].payload, order, by_index[job.index]) for job in sub.jobs]
 
     # -- SimulatesExpectationValues --------------------------------------------------
-    def simulate_expectation_values_sweep(  # type: ignore[override]
+    def simulate_expectation_values_sweep(
         self,
         program: cirq.AbstractCircuit,
         observables: cirq.PauliSumLike | list[cirq.PauliSumLike],
@@ -206,7 +211,8 @@ class Simulator(
         Examples
         --------
         >>> sim = qdask.Simulator(client)  # doctest: +SKIP
-        >>> values = sim.simulate_expectation_values_sweep(circuit, [cirq.Z(q[0])], cirq.Linspace("t", 0, 1, 25))  # doctest: +SKIP
+        >>> sweep = cirq.Linspace("t", 0, 1, 25)  # doctest: +SKIP
+        >>> values = sim.simulate_expectation_values_sweep(circuit, [cirq.Z(q[0])], sweep)  # doctest: +SKIP
         """
         if not permit_terminal_measurements and program.are_any_measurements_terminal():
             raise ValueError(  # cirq's wording (SimulatesExpectationValues), then qdask's fix
@@ -225,7 +231,8 @@ class Simulator(
             "initial_state": _initial_state(initial_state, order),
         }
         sub, by_index = self._compute(program, params, "expectation", extra)
-        return [_average_trajectories(job.repetitions, by_index[job.index]) for job in sub.jobs]
+        # cirq annotates expectation values as float; they are complex, as qsimcirq's are.
+        return [_average_trajectories(job.repetitions, by_index[job.index]) for job in sub.jobs]  # type: ignore[misc]
 
     def simulate_expectation_values_sweep_iter(
         self,
@@ -250,7 +257,9 @@ class Simulator(
     def simulate_moment_expectation_values(
         self,
         program: cirq.AbstractCircuit,
-        indexed_observables: dict[int, cirq.PauliSumLike | list[cirq.PauliSumLike]] | cirq.PauliSumLike | list[cirq.PauliSumLike],
+        indexed_observables: (
+            dict[int, cirq.PauliSumLike | list[cirq.PauliSumLike]] | cirq.PauliSumLike | list[cirq.PauliSumLike]
+        ),
         param_resolver: cirq.ParamResolverOrSimilarType = None,
         qubit_order: cirq.QubitOrderOrList = cirq.QubitOrder.DEFAULT,
         initial_state: Any = None,
@@ -264,7 +273,8 @@ class Simulator(
 
         Examples
         --------
-        >>> values = sim.simulate_moment_expectation_values(circuit, {0: cirq.Z(q[0]), 2: [cirq.X(q[1])]})  # doctest: +SKIP
+        >>> observables = {0: cirq.Z(q[0]), 2: [cirq.X(q[1])]}  # doctest: +SKIP
+        >>> values = sim.simulate_moment_expectation_values(circuit, observables)  # doctest: +SKIP
         >>> len(values)  # moments 0 and 2  # doctest: +SKIP
         2
         """
@@ -289,13 +299,17 @@ class Simulator(
             for _, obs in pairs
         ]
         sub = self.engine.submit(
-            prefixes, [resolver] * len(prefixes), [1] * len(prefixes), work="expectation", extra=self._with_options(extra)
+            prefixes,
+            [resolver] * len(prefixes),
+            [1] * len(prefixes),
+            work="expectation",
+            extra=self._with_options(extra),
         )
         by_index = self.engine.collect(sub)
         return [_average_trajectories(job.repetitions, by_index[job.index]) for job in sub.jobs]
 
     # -- SimulatesAmplitudes ---------------------------------------------------------
-    def compute_amplitudes_sweep(  # type: ignore[override]
+    def compute_amplitudes_sweep(
         self,
         program: cirq.AbstractCircuit,
         bitstrings: Sequence[int],
@@ -359,7 +373,7 @@ def _average_trajectories(trajectories: int, results: list[TaskResult]) -> list[
     # Blocks arrive in trajectory order (sorted by start); the last runs to the end.
     ends = [r.start for r in results[1:]] + [trajectories]
     total = sum(np.asarray(r.payload) * (end - r.start) for r, end in zip(results, ends))
-    return list(total / trajectories)
+    return list(np.asarray(total) / trajectories)
 
 
 def _order(program: cirq.AbstractCircuit, qubit_order: cirq.QubitOrderOrList) -> list[cirq.Qid]:

@@ -7,7 +7,7 @@ expectation values as plain numpy arrays: no Python objects per shot.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from dask.sizeof import sizeof
@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     import cirq
 
     from qdask.quantum.qsim_fast import CompactCircuit, GateTable
+
+
+class Seeds(Protocol):
+    """A block's seed draws: an int64 array, or a ``plan.SeedRange`` made on the worker."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, item: Any) -> Any: ...
+
+    def tolist(self) -> Any: ...
 
 
 @dataclass
@@ -29,7 +39,7 @@ class Task:
     work: str
     backend: str
     repetitions: int
-    seeds: np.ndarray
+    seeds: Seeds
     threads: int
     extra: dict[str, Any]
     fused_gate_size: int = 2  # qsim max_fused_gate_size (optimization level)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cmath
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import cirq
 import numpy as np
@@ -102,7 +102,10 @@ class NoQuantumWorkersError(RuntimeError):
 
 
 def check_repetitions(index: int, repetitions: Any) -> int:
-    """``repetitions`` as an int; :class:`RepetitionsTypeError` for a non-integer, :class:`InvalidRepetitionsError` below 0."""
+    """``repetitions`` as an int.
+
+    :class:`RepetitionsTypeError` for a non-integer, :class:`InvalidRepetitionsError` below 0.
+    """
     if not isinstance(repetitions, numbers.Integral) or isinstance(repetitions, bool):
         raise RepetitionsTypeError(
             index,
@@ -139,7 +142,8 @@ def _nonfinite(value: Any) -> bool:
         return False
     if isinstance(value, numbers.Number):
         try:
-            return not cmath.isfinite(complex(value))
+            # Number declares no conversion; those that have none raise TypeError here.
+            return not cmath.isfinite(complex(cast(Any, value)))
         except (TypeError, ValueError, OverflowError):
             return False
     if isinstance(value, np.ndarray) and value.dtype.kind in "fc":
@@ -186,7 +190,9 @@ def _nonfinite_value(value: Any) -> bool:
 _FINITE = CircuitMemo()
 
 
-def check_finite(index: int, circuit: cirq.AbstractCircuit, resolver: cirq.ParamResolver, *, gates: bool = True) -> None:
+def check_finite(
+    index: int, circuit: cirq.AbstractCircuit, resolver: cirq.ParamResolver, *, gates: bool = True
+) -> None:
     """:class:`NonFiniteParameterError` for a NaN/inf resolver value or gate parameter of ``circuit``.
 
     ``gates=False`` checks the resolver only (the circuit's gates were
@@ -245,8 +251,14 @@ def find_unpicklable(indices_circuits: Any, error: BaseException) -> Unpicklable
                     "(hold them elsewhere, or define __getstate__/__reduce__ for the gate)",
                 )
         return UnpicklableCircuitError(
-            index, f"the circuit cannot be pickled: {error}", "circuits that pickle", "make the circuit's objects picklable"
+            index,
+            f"the circuit cannot be pickled: {error}",
+            "circuits that pickle",
+            "make the circuit's objects picklable",
         )
     return UnpicklableCircuitError(
-        -1, f"the batch cannot be pickled: {type(error).__name__}: {error}", "picklable work", "check the batch's options"
+        -1,
+        f"the batch cannot be pickled: {type(error).__name__}: {error}",
+        "picklable work",
+        "check the batch's options",
     )

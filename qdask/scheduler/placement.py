@@ -64,7 +64,7 @@ from qdask.quantum.annotation import TaskAnnotation
 from qdask.resources import ANNOTATION, GPU, QUANTUM, STATEVECTOR_BYTES, statevector_bytes
 
 if TYPE_CHECKING:
-    from distributed.scheduler import Scheduler, TaskState, WorkerState
+    from distributed.scheduler import Recs, Scheduler, TaskState, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +162,14 @@ class Placement:
             else:
                 if ts.priority:
                     ts.priority = _compat.with_priority(ts.priority, order=-float(ann.est_seconds))
-                if self._pullable(ts.resource_restrictions, ann):
+                request = ts.resource_restrictions
+                if request is not None and self._pullable(request, ann):
                     if len(self.pulled) >= self._prune_at:
                         self._prune()
-                    self.pulled[key] = request = ts.resource_restrictions
+                    self.pulled[key] = request
                     ts.resource_restrictions = None
                     # Kept on the task for used_resources (a new dict: a graph's tasks share one).
-                    ts.annotations = {**ts.annotations, ANNOTATION: {**meta, PULLED: request}}
+                    ts.annotations = {**(ts.annotations or {}), ANNOTATION: {**meta, PULLED: request}}
             if "est_seconds" in meta and ts.prefix.duration_average < 0:
                 ts.prefix.duration_average = float(meta["est_seconds"])
         if not s.workers:
@@ -186,7 +187,9 @@ class Placement:
 
     def _prune(self) -> None:
         s = self.scheduler
-        self.pulled = {k: r for k, r in self.pulled.items() if k in s.tasks and s.tasks[k].state in ("queued", "processing")}
+        self.pulled = {
+            k: r for k, r in self.pulled.items() if k in s.tasks and s.tasks[k].state in ("queued", "processing")
+        }
         self._prune_at = max(PRUNE_AT, 2 * len(self.pulled))
 
     def _pullable(self, request: dict[str, float] | None, ann: TaskAnnotation) -> bool:
@@ -214,7 +217,9 @@ class Placement:
         self._prune()
         if ws is None or all(_fits_every_thread(ws, r) for r in self.pulled.values()):
             return
-        logger.info("worker %s cannot run every pulled circuit chunk: %d chunk(s) restricted again", address, len(self.pulled))
+        logger.info(
+            "worker %s cannot run every pulled circuit chunk: %d chunk(s) restricted again", address, len(self.pulled)
+        )
         capable = {a for a in s.workers if a != address}
         queued = []
         for key, request in self.pulled.items():
@@ -237,7 +242,7 @@ class Placement:
         s = self.scheduler
         if not s.workers:
             return  # every worker left since update_graph: rule 7
-        recommendations: dict[Any, str] = {}
+        recommendations: Recs = {}
         stimulus_id = "qdask-unsatisfiable"
         offers = [dict(ws.resources) for ws in s.workers.values()]
         for key in keys:

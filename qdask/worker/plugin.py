@@ -10,8 +10,8 @@ from dask.utils import parse_bytes
 from distributed import WorkerPlugin
 from distributed.core import Status
 
-from qdask.monitoring.worker import METRIC, WorkerMetrics
 from qdask import _compat, config
+from qdask.monitoring.worker import METRIC, WorkerMetrics
 from qdask.worker.discovery import Capabilities, discover
 
 if TYPE_CHECKING:
