@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -414,3 +416,29 @@ def test_per_repetition_seed_ranges_on_workers_equal_serial_qsim(cluster2):
     assert result.metadata["blocks"] > 1 and len(result.metadata["workers"]) == 2
     for key in ("a", "m"):
         assert np.array_equal(result.records[key], serial.records[key]), key
+
+
+
+NOT_DEFAULT = """
+import sys
+import cirq, numpy as np, qsimcirq, qdask
+from distributed import Client
+
+q = cirq.LineQubit.range(3)
+circuits = [cirq.testing.random_circuit(q, 4, 0.8, random_state=s) + cirq.measure(*q, key="m") for s in range(4)]
+if __name__ == "__main__":
+    with Client(sys.argv[1], set_as_default=False) as client:
+        got = qdask.Sampler(client, seed=9).run_batch(circuits, repetitions=20)
+    ref = qsimcirq.QSimSimulator(seed=9).run_batch(circuits, repetitions=20)
+    assert all(np.array_equal(g[0].records["m"], r[0].records["m"]) for g, r in zip(got, ref, strict=True))
+    print("equal")
+"""
+
+
+def test_a_sampler_on_a_client_that_is_not_the_default(cluster2, tmp_path):
+    """Only a Client(set_as_default=False) in the process: the engine never reaches for a default one."""
+    script = tmp_path / "not_default.py"
+    script.write_text(NOT_DEFAULT)
+    done = subprocess.run([sys.executable, str(script), cluster2.scheduler_address],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "equal", done.stderr[-2000:]
