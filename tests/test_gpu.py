@@ -29,7 +29,7 @@ from _polling import wait_for
 from distributed import LocalCluster
 
 import qdask
-from qdask import ClusterConfig, ConfigError, HybridConfig, MultiGPUConfig, QuantumCluster
+from qdask import ClusterConfig, ConfigError, HybridConfig, MultiGPUConfig, QuantumCluster, resources
 from qdask.deploy import cluster as cluster_module
 from qdask.deploy.gpu import CUDAOptions, cuda_options, select_gpus, start_cuda_cluster
 from qdask.quantum import backends
@@ -38,7 +38,6 @@ from qdask.quantum.backends import GPUUnavailableError, QSimBackend, QSimGPUBack
 from qdask.quantum.execute import run_task
 from qdask.quantum.task import Task
 from qdask.scheduler.plugin import QuantumSchedulerPlugin
-from qdask import resources
 from qdask.worker.discovery import GPU, QUANTUM, GPUInfo, detect_gpus
 from qdask.worker.plugin import QuantumWorkerPlugin
 
