@@ -416,7 +416,40 @@ def mismatch_type(name: str, info: CircuitInfo) -> type[BackendMismatchError]:
     return BackendMismatchError
 
 
-class CirqBackend:
+class _CirqSimulatorBackend:
+    """Sampling and expectation values through one of cirq's simulators (``_simulator``)."""
+
+    def _simulator(self, opts: RunOptions) -> Any:
+        raise NotImplementedError
+
+    def available(self) -> bool:
+        return True
+
+    def version(self) -> str:
+        import cirq
+
+        return str(cirq.__version__)
+
+    def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
+        noisy = _on_noisy_device(circuit, repetitions, opts)
+        if noisy is not None:
+            return noisy
+        return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
+
+    def expectation(
+        self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
+    ) -> np.ndarray:
+        values = self._simulator(opts).simulate_expectation_values(
+            circuit,
+            observables=observables,
+            qubit_order=qubit_order,
+            initial_state=opts.initial_state,
+            permit_terminal_measurements=True,  # the caller's check ran on the client
+        )
+        return np.asarray(values, dtype=np.complex128)
+
+
+class CirqBackend(_CirqSimulatorBackend):
     """cirq's state-vector simulator, for what qsim cannot run or return.
 
     Classical control and measurement feedback, qudits, confusion maps, gates
@@ -432,14 +465,6 @@ class CirqBackend:
     #: Repetitions per task of a circuit simulated once per repetition.
     shots_per_block = 4096
 
-    def available(self) -> bool:
-        return True
-
-    def version(self) -> str:
-        import cirq
-
-        return str(cirq.__version__)
-
     def unsupported(self, info: CircuitInfo, work: str) -> str | None:
         if info.unsupported_gates:
             return f"gates without a unitary or channel: {sorted(info.unsupported_gates)}"
@@ -454,11 +479,6 @@ class CirqBackend:
 
         return cirq.Simulator(dtype=np.complex64, seed=opts.first_seed)
 
-    def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
-        noisy = _on_noisy_device(circuit, repetitions, opts)
-        if noisy is not None:
-            return noisy
-        return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
 
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> tuple[np.ndarray, dict]:
         """(final state vector, measurement values by key), as ``cirq.Simulator.simulate`` gives them."""
@@ -466,17 +486,6 @@ class CirqBackend:
         measurements = {k: np.asarray(v) for k, v in result.measurements.items()}
         return np.asarray(result.final_state_vector, dtype=np.complex64), measurements
 
-    def expectation(
-        self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
-    ) -> np.ndarray:
-        values = self._simulator(opts).simulate_expectation_values(
-            circuit,
-            observables=observables,
-            qubit_order=qubit_order,
-            initial_state=opts.initial_state,
-            permit_terminal_measurements=True,  # the caller's check ran on the client
-        )
-        return np.asarray(values, dtype=np.complex128)
 
     def amplitudes(
         self, circuit: cirq.AbstractCircuit, bitstrings: list[int], qubit_order: Any, opts: RunOptions
@@ -536,18 +545,10 @@ class StimBackend:
         }
 
 
-class DensityMatrixBackend:
+class DensityMatrixBackend(_CirqSimulatorBackend):
     """cirq's density-matrix simulator: exact noisy states for small circuits."""
 
     name = "density-matrix"
-
-    def available(self) -> bool:
-        return True
-
-    def version(self) -> str:
-        import cirq
-
-        return str(cirq.__version__)
 
     def unsupported(self, info: CircuitInfo, work: str) -> str | None:
         if info.num_qubits > DENSITY_MATRIX_MAX_QUBITS:
@@ -564,27 +565,9 @@ class DensityMatrixBackend:
 
         return cirq.DensityMatrixSimulator(dtype=np.complex64, seed=opts.first_seed)
 
-    def sample(self, circuit: cirq.AbstractCircuit, repetitions: int, opts: RunOptions) -> dict[str, np.ndarray]:
-        noisy = _on_noisy_device(circuit, repetitions, opts)
-        if noisy is not None:
-            return noisy
-        return _records(self._simulator(opts).run(circuit, repetitions=repetitions))
-
     def state(self, circuit: cirq.AbstractCircuit, qubit_order: Any, opts: RunOptions) -> np.ndarray:
         result = self._simulator(opts).simulate(circuit, qubit_order=qubit_order, initial_state=opts.initial_state)
         return np.asarray(result.final_density_matrix, dtype=np.complex64)
-
-    def expectation(
-        self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
-    ) -> np.ndarray:
-        values = self._simulator(opts).simulate_expectation_values(
-            circuit,
-            observables=observables,
-            qubit_order=qubit_order,
-            initial_state=opts.initial_state,
-            permit_terminal_measurements=True,  # the caller's check ran on the client
-        )
-        return np.asarray(values, dtype=np.complex128)
 
 
 _REGISTRY: dict[str, Backend] | None = None
