@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+
+import dask
 import pytest
 
 from qdask import ClusterConfig, QuantumCluster
@@ -12,3 +16,18 @@ def cluster2():
     """A two-worker embedded cluster shared by a test module (read-only use)."""
     with QuantumCluster(ClusterConfig(num_nodes=2, memory_per_node="2GiB")) as qc:
         yield qc
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _dask_config_as_collected() -> Iterator[None]:
+    """Each module leaves dask.config as it found it.
+
+    ``gen_cluster`` resets the config to its snapshot from when
+    ``distributed.utils_test`` was imported (``reset_config``), which drops the
+    defaults of libraries imported after it, such as dask-jobqueue's
+    ``jobqueue`` section: a later module using them would fail with KeyError.
+    """
+    saved = copy.deepcopy(dask.config.config)
+    yield
+    dask.config.config.clear()
+    dask.config.config.update(saved)

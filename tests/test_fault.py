@@ -241,7 +241,9 @@ def qc3():
 
 
 def test_crash_and_resume_recomputes_only_what_was_not_saved(qc3, tmp_path):
-    n, qubits, depth, interval = 300, 12, 24, 0.2
+    # Wide enough that the batch runs for seconds: at 12 qubits the compact path finished all 300
+    # circuits between two checks, before the kill.
+    n, qubits, depth, interval = 300, 16, 24, 0.2
     store = tmp_path / "ck"
     script, hook, evidence = tmp_path / "job.py", tmp_path / "circuit_log.py", tmp_path / "circuits.log"
     script.write_text(CHILD)
