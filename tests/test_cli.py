@@ -70,8 +70,9 @@ def test_unreachable_address_fails_within_the_connect_timeout(command):
     ("--qdask-role", "bogus", "'bogus' is not one of 'quantum', 'classical'", 5),
     ("--qdask-noise", "[1", "Expected a mapping such as", 5),
     ("--qdask-noise", "gate_error", "a str, not a mapping", 5),
-    # Checked by DeviceNoise (a cirq.NoiseModel): this one pays cirq's import, seconds on a busy host.
-    ("--qdask-noise", "{gate_error: 2}", "gate_error", 15),
+    # Checked without cirq (qdask.hybrid.routing.check_device_noise): no import of seconds first.
+    ("--qdask-noise", "{gate_error: 2}", "gate_error", 5),
+    ("--qdask-noise", "{gate_eror: 0.1}", "no parameter 'gate_eror'", 5),
 ])
 def test_bad_preload_option_names_the_preload_command(option, value, says, limit):
     dask = str(Path(sys.executable).parent / "dask")

@@ -18,7 +18,6 @@ worker --preload qdask.plugins.worker``), or at runtime with
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ import cirq
 import numpy as np
 
 # The scheduler side defines the topic: it must not import cirq (this module's base class).
-from qdask.hybrid.routing import TOPIC
+from qdask.hybrid.routing import TOPIC, check_device_noise
 
 if TYPE_CHECKING:
     from distributed import Client, Worker
@@ -56,15 +55,8 @@ class DeviceNoise(cirq.NoiseModel):
     """
 
     def __init__(self, gate_error: float = 0.0, readout_error: float = 0.0) -> None:
-        for name, value in (("gate_error", gate_error), ("readout_error", readout_error)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
-            if not ok or math.isnan(value):
-                raise ValueError(
-                    f"DeviceNoise({name}={value!r}) is invalid: allowed a probability in [0, 1]. "
-                    f"Fix: DeviceNoise({name}=0.01)."
-                )
-        self.gate_error = float(gate_error)
-        self.readout_error = float(readout_error)
+        params = check_device_noise({"gate_error": gate_error, "readout_error": readout_error})
+        self.gate_error, self.readout_error = params["gate_error"], params["readout_error"]
 
     @classmethod
     def coerce(cls, noise: DeviceNoise | Mapping[str, float] | None) -> DeviceNoise | None:
@@ -75,7 +67,7 @@ class DeviceNoise(cirq.NoiseModel):
             raise TypeError(
                 f"noise={noise!r} is not a DeviceNoise or a dict. Fix: noise={{'gate_error': 0.01}}."
             )
-        return cls(**noise)
+        return cls(**check_device_noise(noise))
 
     @property
     def is_noiseless(self) -> bool:

@@ -26,7 +26,7 @@ cluster (``HybridConfig(optimization_level=...)``, else the scheduler's
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from qdask import config
@@ -37,6 +37,41 @@ if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState
 
     from qdask.scheduler.registry import ResourceRegistry
+
+def check_device_noise(noise: Mapping[str, Any]) -> dict[str, float]:
+    """A device's noise parameters (:class:`qdask.hybrid.noise.DeviceNoise`), checked without cirq.
+
+    Here, not in ``DeviceNoise``, so that the scheduler and a worker's command
+    line refuse a bad value at once, before cirq's import (seconds).
+
+    Raises
+    ------
+    TypeError
+        For a parameter other than ``gate_error`` and ``readout_error``.
+    ValueError
+        For a value that is not a probability in [0, 1].
+
+    Examples
+    --------
+    >>> check_device_noise({"gate_error": 0.01})
+    {'gate_error': 0.01, 'readout_error': 0.0}
+    """
+    unknown = sorted(set(noise) - {"gate_error", "readout_error"})
+    if unknown:
+        raise TypeError(
+            f"DeviceNoise has no parameter {unknown[0]!r}: allowed gate_error and readout_error. "
+            "Fix: DeviceNoise(gate_error=0.01, readout_error=0.02)."
+        )
+    params = {"gate_error": noise.get("gate_error", 0.0), "readout_error": noise.get("readout_error", 0.0)}
+    for name, value in params.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+        if not ok:  # NaN fails both comparisons
+            raise ValueError(
+                f"DeviceNoise({name}={value!r}) is invalid: allowed a probability in [0, 1]. "
+                f"Fix: DeviceNoise({name}=0.01)."
+            )
+    return {name: float(value) for name, value in params.items()}
+
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 import yaml
 
+from qdask.hybrid.routing import check_device_noise
 from qdask.plugins._command import PreloadCommand
 from qdask.worker.plugin import ROLES
 
@@ -30,11 +31,9 @@ def _noise(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
         return None
     try:
         noise = yaml.safe_load(value)
-        if not isinstance(noise, dict):  # checked before DeviceNoise, whose import (cirq) takes seconds
+        if not isinstance(noise, dict):
             raise TypeError(f"a {type(noise).__name__}, not a mapping")
-        from qdask.hybrid.noise import DeviceNoise
-
-        DeviceNoise.coerce(noise)
+        noise = check_device_noise(noise)  # without cirq, whose import takes seconds
     except (yaml.YAMLError, TypeError, ValueError) as e:
         reason = " ".join(str(e).split())  # YAML errors span lines, with a caret under the column
         raise click.BadParameter(
