@@ -21,23 +21,14 @@ import threading
 import time
 from pathlib import Path
 
-import cirq
 import dask
 import pytest
 import qsimcirq
 from _polling import wait_for
+from test_fault import circuits_for
 
 import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
-
-
-def circuits_for(n: int, qubits: int, depth: int, seed0: int = 0) -> list[cirq.Circuit]:
-    q = cirq.LineQubit.range(qubits)
-    return [
-        cirq.testing.random_circuit(q, n_moments=depth, op_density=0.8, random_state=seed0 + i)
-        + cirq.measure(*q, key="m")
-        for i in range(n)
-    ]
 
 
 def worker_pids(qc: QuantumCluster) -> dict[str, int]:
