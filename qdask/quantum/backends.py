@@ -150,6 +150,20 @@ class Backend(Protocol):
         """Library version (part of checkpoint keys)."""
 
 
+def _expectation_values(
+    sim: Any, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
+) -> np.ndarray:
+    """``sim.simulate_expectation_values`` (qsimcirq's or cirq's) of a circuit checked on the client."""
+    values = sim.simulate_expectation_values(
+        circuit,
+        observables=observables,
+        qubit_order=qubit_order,
+        initial_state=opts.initial_state,
+        permit_terminal_measurements=True,  # the caller's check ran on the client
+    )
+    return np.asarray(values, dtype=np.complex128)
+
+
 def _records(result: cirq.Result) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.int8) for k, v in result.records.items()}
 
@@ -342,14 +356,7 @@ class QSimTrajectoriesBackend(QSimBackend):
             # This block's trajectories: qsim seeds trajectory i of a call with seed + i.
             sim.qsim_options["r"] = opts.trajectories
             _compat.set_qsim_prng(sim, prng)
-            values = sim.simulate_expectation_values(
-                circuit,
-                observables=observables,
-                qubit_order=qubit_order,
-                initial_state=opts.initial_state,
-                permit_terminal_measurements=True,  # the caller's check ran on the client
-            )
-        return np.asarray(values, dtype=np.complex128)
+            return _expectation_values(sim, circuit, observables, qubit_order, opts)
 
     def _block_simulator(self, opts: RunOptions, qubit_order: Any) -> Any:
         """This process's qsimcirq simulator for these options, reused for every block of trajectories.
@@ -439,14 +446,7 @@ class _CirqSimulatorBackend:
     def expectation(
         self, circuit: cirq.AbstractCircuit, observables: list[Any], qubit_order: Any, opts: RunOptions
     ) -> np.ndarray:
-        values = self._simulator(opts).simulate_expectation_values(
-            circuit,
-            observables=observables,
-            qubit_order=qubit_order,
-            initial_state=opts.initial_state,
-            permit_terminal_measurements=True,  # the caller's check ran on the client
-        )
-        return np.asarray(values, dtype=np.complex128)
+        return _expectation_values(self._simulator(opts), circuit, observables, qubit_order, opts)
 
 
 class CirqBackend(_CirqSimulatorBackend):

@@ -7,7 +7,6 @@ from typing import Any
 
 import cirq
 import numpy as np
-from distributed import Client
 
 from qdask.quantum.engine import Submission, metadata
 from qdask.quantum.sampler import Sampler
@@ -45,28 +44,6 @@ class Simulator(
     >>> sim = qdask.Simulator(client, noise=cirq.depolarize(0.01), seed=1)  # doctest: +SKIP
     >>> sim.simulate(circuit).final_state_vector  # doctest: +SKIP
     """
-
-    def __init__(
-        self,
-        client: Client | None = None,
-        *,
-        seed: int | np.random.RandomState | None = None,
-        noise: cirq.NOISE_MODEL_LIKE = None,
-        qsim_options: Any = None,
-        simulator: str = "auto",
-        priority: int | str = "normal",
-        progress: bool | None = None,
-    ) -> None:
-        Sampler.__init__(
-            self,
-            client,
-            seed=seed,
-            noise=noise,
-            qsim_options=qsim_options,
-            simulator=simulator,
-            priority=priority,
-            progress=progress,
-        )
 
     def _run(
         self, circuit: cirq.AbstractCircuit, param_resolver: cirq.ParamResolver, repetitions: int
