@@ -81,6 +81,8 @@ class QuantumNanny(Nanny):
         self._healing = False
         self._gone_since: float | None = None
         self._up_since = time.monotonic()
+        # One start at a time (see instantiate).
+        self._instantiating = asyncio.Lock()
         pc = PeriodicCallback(self._watch, WATCH_INTERVAL * 1000)
         self.periodic_callbacks["qdask-watch"] = pc  # started with the Nanny's own callbacks
 
@@ -111,9 +113,17 @@ class QuantumNanny(Nanny):
         Once the Nanny runs, Dask's ``_on_worker_exit`` restarts every process
         that exits, failed starts included; retrying here as well would start
         two processes at once.
+
+        Starts are serialised: when a process dies during a restart, Dask calls
+        ``_on_worker_exit`` again before the first restart noticed the death, and
+        the second ``WorkerProcess.start`` replaced the queue the first one still
+        polled: the first took the new process's "connected" message, dropped it
+        (another uid), and the second waited for it for good (its Nanny then
+        took a minute to close).
         """
         while True:
-            status = await super().instantiate()
+            async with self._instantiating:
+                status = await super().instantiate()
             if status == Status.running:
                 self._up_since = time.monotonic()
             if status == Status.running or self.status not in (Status.init, Status.starting):
