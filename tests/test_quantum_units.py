@@ -749,3 +749,53 @@ def test_chunk_resources_ask_for_a_gpu_only_for_gpu_circuits():
     assert chunk.resources() == {"quantum": 1.0, "statevector_bytes": float(8 * 2**5)}
     chunk.tasks[0].backend = "qsim-gpu"
     assert chunk.resources()["gpu"] == 1.0
+
+
+class _Done:
+    """A completed future as ``Engine._completed`` sees one: a key and a status."""
+
+    def __init__(self, key: str, status: str = "finished") -> None:
+        self.key, self.status = key, status
+
+
+class _Gatherer:
+    """A client whose ``gather`` records its calls (and fails if told to)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def gather(self, futures: list[_Done]) -> list[str]:
+        self.calls.append([f.key for f in futures])
+        if self.fail:
+            raise OSError("worker lost")
+        return [f"result of {f.key}" for f in futures]
+
+
+class _Batches:
+    def __init__(self, batches: list[list[_Done]]) -> None:
+        self._batches = batches
+
+    def batches(self):
+        yield from self._batches
+
+
+def _engine(client: _Gatherer):
+    from qdask.quantum.engine import Engine
+
+    engine = Engine.__new__(Engine)  # only .client is used
+    engine.client = client
+    return engine
+
+
+def test_collect_fetches_the_results_of_tasks_finished_meanwhile_in_one_gather():
+    # One fut.result() each, the fetches queued behind one another and a batch ended with up
+    # to 20 still to make (~70 ms of benchmarks/balance.py's 2 s mixed batch).
+    client = _Gatherer()
+    a, b, err, c = _Done("a"), _Done("b"), _Done("e", "error"), _Done("c")
+    out = list(_engine(client)._completed(_Batches([[a, b, err], [c]]), fetch=True))
+    assert client.calls == [["a", "b"]]  # one gather for the batch's finished ones; a lone one alone
+    assert out == [(a, "result of a"), (b, "result of b"), (err, None), (c, None)]  # None: fut.result() raises/fetches
+    # The guard fetches its own; a failed gather leaves each future to fetch alone (its own error).
+    assert [r for _, r in _engine(_Gatherer())._completed(_Batches([[a, b]]), fetch=False)] == [None, None]
+    assert [r for _, r in _engine(_Gatherer(fail=True))._completed(_Batches([[a, b]]), fetch=True)] == [None, None]
