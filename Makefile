@@ -5,6 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Bounded suite for 2 cores; `make test-all` adds the slow soak/chaos tests.
 PYTEST_ARGS ?=
+# pytest-xdist workers: most tests wait on clusters (starts, heartbeats, kills), so
+# three share two cores well. Each takes whole modules (a module's cluster starts
+# once), those with long tests first (tests/conftest.py). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 3
+XDIST := -n $(PYTEST_WORKERS) --dist loadscope
 
 .PHONY: demo lint test test-all test-compat bench docs clean qsim-gpu gpu-sdists gpu-wheels
 
@@ -34,7 +39,7 @@ lint: $(VENV)/.stamp-test
 	$(PY) -m mypy qdask plugins
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(VENV)/.stamp-test
 	$(PY) -m pytest $(PYTEST_ARGS)

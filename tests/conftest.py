@@ -31,3 +31,14 @@ def _dask_config_as_collected() -> Iterator[None]:
     yield
     dask.config.config.clear()
     dask.config.config.update(saved)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first, in their order; the rest after them, in theirs.
+
+    ``make test`` hands whole modules to its pytest-xdist workers (``--dist
+    loadscope``: a module's cluster fixture starts once), in the order of their first
+    test here: a module with a long test started last would keep one worker busy
+    after the others have finished.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

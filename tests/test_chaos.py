@@ -133,6 +133,7 @@ def run_chaos(tmp_path, seconds: float, restart_every: float) -> dict:
     return report
 
 
+@pytest.mark.long
 def test_chaos_bounded_kills_stops_and_a_scheduler_restart_lose_nothing(tmp_path):
     run_chaos(tmp_path, seconds=10, restart_every=5)
 

@@ -99,13 +99,14 @@ async def test_refreshing_unrunnable_restarts_the_no_workers_timeout(c, s, a):
 
     The timeout is set on the running scheduler, as qdask's placement does.
     """
-    _compat.set_no_workers_timeout(s, 1.0)
+    # 2 s, refreshed every 0.05 s for 5 s: a loaded machine's event loop once slept past a 1 s timeout.
+    _compat.set_no_workers_timeout(s, 2.0)
     fut = c.submit(int, 1, key="unrunnable-canary", resources={"NOWHERE": 1})
     await _until(lambda: "unrunnable-canary" in s.tasks and s.tasks["unrunnable-canary"].state == "no-worker")
     ts = s.tasks["unrunnable-canary"]
     canary(isinstance(s.unrunnable, dict) and ts in s.unrunnable, "distributed",
            "keeps no-worker tasks in the dict Scheduler.unrunnable", "holding recovered chunks for manual recovery")
-    for _ in range(50):  # 2.5 s, well past the timeout
+    for _ in range(100):
         _compat.refresh_unrunnable(s, ts)
         await asyncio.sleep(0.05)
     canary(ts.state == "no-worker", "distributed",

@@ -671,6 +671,7 @@ def test_classical_control_is_sampled_correctly_at_scale(client):
     assert {r[0].metadata["backend"] for r in results} == {"cirq"}
 
 
+@pytest.mark.long
 def test_one_big_feedback_circuit_is_spread_over_the_workers_reproducibly(client):
     # 20,000 shots, each a simulation of its own: blocks of 4,096 (the same on any cluster) on both workers.
     runs = []

@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import cirq
+import pytest
 import qsimcirq
 from _polling import wait_for
 from distributed import Client
@@ -28,6 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_supervised_cli_workers_come_back_after_the_scheduler_restarts(tmp_path):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"

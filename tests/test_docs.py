@@ -272,6 +272,7 @@ with open(sys.argv[2], "w") as f:
 """
 
 
+@pytest.mark.long
 def test_every_snippet_runs_as_a_script(tmp_path):
     """Each guarded snippet runs as ``__main__``: one after the other, in one interpreter.
 

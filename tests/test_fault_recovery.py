@@ -103,6 +103,7 @@ def set_no_workers_timeout(timeout: float | None, dask_scheduler=None) -> float 
     return previous
 
 
+@pytest.mark.long
 def test_death_heartbeat_loss_and_graceful_leave_are_told_apart(qc, client, events, caplog):
     def broken(event):
         raise RuntimeError("a handler with a bug")
@@ -253,6 +254,7 @@ def test_dead_workers_task_runs_before_older_queued_work(qc, client, events, tmp
     assert stats.recoveries >= 1 and stats.avg_recovery_time is not None
 
 
+@pytest.mark.long
 def test_manual_mode_holds_work_until_resubmitted_or_cancelled(qc, client, events, tmp_path):
     ft = qc.enable_fault_tolerance(FaultToleranceConfig(recovery_mode="manual", checkpoint_url=str(tmp_path / "ck")))
     s = qc.cluster.scheduler

@@ -203,6 +203,7 @@ def test_page_is_registered_served_and_linked_from_dask_pages(hybrid):
 
 
 # -- the page in a browser -------------------------------------------------------------------
+@pytest.mark.long
 def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
     client = hybrid.get_client()
     # As qdask's engine annotates a chunk of a batch of 10 tasks.

@@ -49,6 +49,7 @@ def _mpiexec(n: int, args: list[str], tmp_path: Path, **env: str) -> subprocess.
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
+@pytest.mark.long
 def test_four_ranks_run_a_script_on_two_quantum_workers(tmp_path):
     report = tmp_path / "report.json"
     out = _mpiexec(

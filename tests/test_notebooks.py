@@ -33,6 +33,9 @@ def _load_hooks() -> Any:
 
 hooks = _load_hooks()
 
+#: A Jupyter kernel and a cluster per notebook: the module takes 45 s.
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> Any:

@@ -109,6 +109,7 @@ def circuits_for(n: int, qubits: int, depth: int) -> list[cirq.Circuit]:
             + cirq.measure(*q, key="m") for i in range(n)]
 
 
+@pytest.mark.long
 def test_a_frozen_worker_is_detected_and_its_work_moves():
     n, reps = 400, 10
     circuits = circuits_for(n, 16, 24)  # seconds of work for two workers
