@@ -70,15 +70,22 @@ class Processes:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logdir.glob("*.log")))
 
     def stop(self) -> None:
-        """End every process group: SIGTERM (Dask closes gracefully), then SIGKILL what is left."""
+        """End every process group: SIGTERM (Dask closes gracefully), then SIGKILL what is left.
+
+        The workers first: a worker whose scheduler closed under it retries to reach it
+        (10 s of the teardown went there when all were sent SIGTERM at once).
+        """
+        schedulers = [name for name in self.procs if name.startswith("scheduler")]
+        workers = [name for name in self.procs if name not in schedulers]
+        for names in (workers, schedulers):
+            for name in names:
+                if self.procs[name].poll() is None:
+                    os.killpg(self.procs[name].pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for name in names:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.procs[name].wait(timeout=max(0.1, deadline - time.monotonic()))
         for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
             # Also whatever the leader left behind (a nanny's worker process).
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
