@@ -33,6 +33,7 @@ import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
 from qdask.fault import NodeFailure, PoisonCircuitError, RecoveryEvent
 from qdask.quantum.execute import unpack_records
+from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
 
 
 def circuits_for(n: int, qubits: int, depth: int, seed0: int = 0) -> list[cirq.Circuit]:
@@ -49,7 +50,13 @@ def first_results(batch) -> list:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs a random live worker every ``period`` seconds, never the last one alive."""
+    """SIGKILLs a random live worker every ``period`` seconds, never the last one alive.
+
+    One running a chunk, where one does within a second (the chunks whose start
+    fault tolerance was told of): a kill between two chunks leaves nothing to
+    recover, and on a loaded machine, whose client plans and collects slowly,
+    every kill of a run once landed there (no recovery to time).
+    """
 
     def __init__(self, qc: QuantumCluster, period: float = 2.0, limit: int | None = None) -> None:
         super().__init__(name="test-killer", daemon=True)
@@ -67,10 +74,22 @@ class Killer(threading.Thread):
             alive = sorted(a for a in pids if a in self.scheduler.workers)
             if len(alive) < 2:
                 continue
-            victim = self.rng.choice(alive)
+            victim = self.rng.choice(self._running(alive, timeout=1.0) or alive)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pids[victim], signal.SIGKILL)
                 self.killed.append(victim)
+
+    def _running(self, workers: list[str], timeout: float) -> list[str]:
+        """Those of ``workers`` running a fault-tolerant chunk (read from the scheduler's fault manager)."""
+        fault = self.scheduler.plugins[SCHEDULER_PLUGIN].fault
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set():
+            started = dict(fault._started) if fault is not None else {}
+            running = [w for w in workers if started.get(w)]
+            if running or time.monotonic() > deadline:
+                return running
+            time.sleep(0.01)
+        return []
 
 
 def descendants() -> dict[int, str]:
@@ -135,7 +154,7 @@ def churn(tmp_path: Path, n: int, qubits: int, depth: int, kills: int | None, mi
         assert {e.cause for e in failures} == {"died"}
         stats = qc.error_statistics()
         assert stats.node_failures == len(killer.killed)
-        assert stats.avg_recovery_time is not None and stats.recoveries >= 1
+        assert stats.avg_recovery_time is not None and stats.recoveries >= 1, [(e.keys, e.recovery) for e in failures]
         wait_for(lambda: len(recoveries) >= stats.recoveries)
         durations = [r.duration for r in recoveries]
         print(
