@@ -1,6 +1,7 @@
 """What a test that counts child processes leaves out."""
 
 import os
+import signal
 
 import psutil
 
@@ -15,3 +16,13 @@ def is_helper(p: psutil.Process) -> bool:
     """
     cmdline = " ".join(p.cmdline())
     return "resource_tracker" in cmdline or ("multiprocessing.forkserver" in cmdline and p.ppid() == os.getpid())
+
+
+def ctrl_c_ready() -> None:
+    """``preexec_fn`` of a child that a test stops with SIGINT, as Ctrl-C would.
+
+    A shell starts background jobs with SIGINT ignored, children inherit that,
+    and Python then installs no KeyboardInterrupt handler: a suite run as
+    ``make test &`` would wait for good on a child that never sees the signal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _processes import ctrl_c_ready
 
 QDASK = [str(Path(sys.executable).parent / "qdask")]
 
@@ -119,7 +120,8 @@ def test_demo_without_keep_prints_no_dead_dashboard_link():
 def test_demo_keep_serves_the_dashboard_until_ctrl_c():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(QDASK + ["demo", "--circuits", "2", "--quiet", "--keep"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=ctrl_c_ready)
     try:
         link = None
         for line in proc.stdout:

@@ -27,6 +27,7 @@ import dask
 import numpy as np
 import psutil
 import pytest
+from _processes import ctrl_c_ready
 from distributed import LocalCluster, get_task_stream, get_worker
 from prometheus_client.parser import text_string_to_metric_families
 from test_monitoring_units import documented_fields
@@ -498,6 +499,7 @@ def test_qdask_monitor_prints_samples_until_interrupted(cluster2):
     proc = subprocess.Popen(
         [QDASK, "monitor", "--address", cluster2.scheduler_address, "--interval", "200ms"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        preexec_fn=ctrl_c_ready,
     )
     try:
         lines = []
