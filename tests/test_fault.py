@@ -50,12 +50,13 @@ def first_results(batch) -> list:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs a random live worker every ``period`` seconds, never the last one alive.
+    """SIGKILLs a random live worker running a chunk every ``period`` seconds, never the last one alive.
 
-    One running a chunk, where one does within a second (the chunks whose start
-    fault tolerance was told of): a kill between two chunks leaves nothing to
-    recover, and on a loaded machine, whose client plans and collects slowly,
-    every kill of a run once landed there (no recovery to time).
+    Only one running a chunk (one whose start fault tolerance was told of, and
+    that the scheduler still has processing there): a kill between two chunks
+    leaves nothing to recover, and on a loaded machine, whose client plans and
+    collects slowly, every kill of a run once landed there (no recovery to
+    time). Where none runs one within ``period``, that round kills nothing.
     """
 
     def __init__(self, qc: QuantumCluster, period: float = 2.0, limit: int | None = None) -> None:
@@ -74,18 +75,30 @@ class Killer(threading.Thread):
             alive = sorted(a for a in pids if a in self.scheduler.workers)
             if len(alive) < 2:
                 continue
-            victim = self.rng.choice(self._running(alive, timeout=1.0) or alive)
+            running = self._running(alive, timeout=self.period)
+            if not running:
+                continue
+            victim = self.rng.choice(running)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pids[victim], signal.SIGKILL)
                 self.killed.append(victim)
 
     def _running(self, workers: list[str], timeout: float) -> list[str]:
-        """Those of ``workers`` running a fault-tolerant chunk (read from the scheduler's fault manager)."""
+        """Those of ``workers`` running a fault-tolerant chunk (read from the scheduler's fault manager).
+
+        A started key stays in the manager's record until the worker's next start: it
+        counts while the scheduler has the task processing on that worker.
+        """
         fault = self.scheduler.plugins[SCHEDULER_PLUGIN].fault
         deadline = time.monotonic() + timeout
         while not self.stop.is_set():
             started = dict(fault._started) if fault is not None else {}
-            running = [w for w in workers if started.get(w)]
+            tasks = self.scheduler.tasks
+            running = [
+                w for w in workers
+                if any((ts := tasks.get(k)) is not None and ts.processing_on is not None
+                       and ts.processing_on.address == w for k in set(started.get(w, ())))
+            ]
             if running or time.monotonic() > deadline:
                 return running
             time.sleep(0.01)
