@@ -17,7 +17,8 @@ picks a random event:
   first batch not delivered, with the results checkpointed before the kill
   loaded instead of recomputed.
 
-At the end the controller asks the job to stop after its current batch and
+At the end the controller resumes the workers it stopped, asks the job to stop
+after its current batch and
 checks every delivered batch against serial ``qsimcirq.QSimSimulator`` under
 the same seed: ``lost`` counts circuits without a result or with a wrong one
 (plus the circuits of a batch the job could not finish), ``duplicates``
@@ -117,6 +118,7 @@ class Chaos:
         self.rng = random.Random(seed)
         self.counts = {"kill": 0, "kill-all": 0, "stop": 0, "restart": 0}
         self.stopped: list[float] = []  # seconds of each SIGSTOP
+        self.frozen: set[int] = set()  # the workers SIGSTOPped (some may be resumed or dead by now)
         self.job: subprocess.Popen | None = None
         self.log = open(work / "job.log", "ab")
 
@@ -179,6 +181,7 @@ class Chaos:
             self.counts["stop"] += 1
             pid, seconds = self.rng.choice(pids), self.rng.uniform(1, 8)
             self.stopped.append(seconds)
+            self.frozen.add(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
             threading.Timer(seconds, _cont, args=(pid,)).start()
@@ -193,6 +196,10 @@ class Chaos:
             if self.counts["restart"] != restarts:
                 last_restart = time.monotonic()
         chaos_seconds = time.monotonic() - t0
+        # The chaos is over: a worker still stopped would hold the last batch for the
+        # rest of its stop (up to 8 s) or until its heartbeats time out.
+        for pid in self.frozen:
+            _cont(pid)
         (self.work / "stop").write_text("")
         assert self.job is not None
         finished = True

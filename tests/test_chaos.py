@@ -1,7 +1,7 @@
 """Whole-cluster failures on real multi-process clusters: every worker SIGKILLed at once, chaos.
 
 The chaos tests run ``benchmarks/chaos.py`` (random SIGKILL and SIGSTOP of
-workers, a scheduler restart with resume from checkpoints): 10 s in
+workers, a scheduler restart with resume from checkpoints): 6 s in
 ``make test``, two minutes marked ``slow``.
 
 Every result is compared with serial qsim under the same seed; "exactly once"
@@ -135,7 +135,7 @@ def run_chaos(tmp_path, seconds: float, restart_every: float) -> dict:
 
 @pytest.mark.long
 def test_chaos_bounded_kills_stops_and_a_scheduler_restart_lose_nothing(tmp_path):
-    run_chaos(tmp_path, seconds=10, restart_every=5)
+    run_chaos(tmp_path, seconds=6, restart_every=3)
 
 
 @pytest.mark.slow
