@@ -7,9 +7,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 # pytest-xdist workers: most tests wait on clusters (starts, heartbeats, kills), so
 # three share two cores well. Each takes whole modules (a module's cluster starts
-# once), those with long tests first (tests/conftest.py). PYTEST_WORKERS=0: one process.
+# once), the longest first (tests/conftest.py). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
-XDIST := -n $(PYTEST_WORKERS) --dist loadscope
+XDIST := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: demo lint test test-all test-compat bench docs clean qsim-gpu gpu-sdists gpu-wheels
 

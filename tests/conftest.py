@@ -34,11 +34,18 @@ def _dask_config_as_collected() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` first, in their order; the rest after them, in theirs.
+    """Modules marked ``long(seconds)`` first, longest first; the others after them, in their order.
 
     ``make test`` hands whole modules to its pytest-xdist workers (``--dist
-    loadscope``: a module's cluster fixture starts once), in the order of their first
-    test here: a module with a long test started last would keep one worker busy
-    after the others have finished.
+    loadscope``: a module's cluster fixture starts once) in the order of their
+    first test here (``--no-loadscope-reorder``; by default xdist orders them by
+    their number of tests). Longest first keeps a long module begun late from
+    holding one worker after the others have finished. Tests keep their order
+    within a module.
     """
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return float(marker.args[0]) if marker is not None else 0.0
+
+    items.sort(key=lambda item: -seconds(item))

@@ -42,6 +42,9 @@ from qdask.quantum.plan import (
 )
 from qdask.quantum.validate import ShotsTooLargeError
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(10)
+
 
 def small_circuits(n: int, qubits: int = 3) -> list[cirq.Circuit]:
     return [

@@ -30,6 +30,9 @@ from test_fault import circuits_for
 import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(60)
+
 
 def worker_pids(qc: QuantumCluster) -> dict[str, int]:
     return qc.get_client().run(os.getpid, on_error="ignore")
@@ -133,7 +136,6 @@ def run_chaos(tmp_path, seconds: float, restart_every: float) -> dict:
     return report
 
 
-@pytest.mark.long
 def test_chaos_bounded_kills_stops_and_a_scheduler_restart_lose_nothing(tmp_path):
     run_chaos(tmp_path, seconds=6, restart_every=3)
 

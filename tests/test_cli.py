@@ -23,6 +23,9 @@ from click.testing import CliRunner, Result
 
 from qdask.cli.main import cli
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(40)
+
 QDASK = [str(Path(sys.executable).parent / "qdask")]
 
 
@@ -124,7 +127,6 @@ def test_demo_without_keep_prints_no_dead_dashboard_link():
     assert "http://" not in out.stdout and "--keep" in out.stdout
 
 
-@pytest.mark.long
 def test_demo_keep_serves_the_dashboard_until_ctrl_c():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(QDASK + ["demo", "--circuits", "2", "--quiet", "--keep"],

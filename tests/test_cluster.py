@@ -17,6 +17,9 @@ from qdask import ClusterConfig, HybridConfig, QuantumCluster
 from qdask.deploy import forkserver
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES, detect_gpus
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(15)
+
 
 def _wait(predicate, timeout=2.0, interval=0.05):
     deadline = time.monotonic() + timeout

@@ -34,6 +34,9 @@ import sympy
 import qdask
 from qdask.quantum.backends import QSimGateTooWideError
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(26)
+
 SEED = 1234
 Q = cirq.LineQubit.range(12)
 T = sympy.Symbol("t")
@@ -671,7 +674,6 @@ def test_classical_control_is_sampled_correctly_at_scale(client):
     assert {r[0].metadata["backend"] for r in results} == {"cirq"}
 
 
-@pytest.mark.long
 def test_one_big_feedback_circuit_is_spread_over_the_workers_reproducibly(client):
     # 10,000 shots, each a simulation of its own: blocks of 4,096 (the same on any cluster) on both workers.
     runs = []

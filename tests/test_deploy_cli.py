@@ -29,6 +29,9 @@ from distributed import Client, get_worker
 from qdask import QuantumCluster
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(20)
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).parent.parent
 START_TIMEOUT = 120

@@ -22,6 +22,9 @@ from test_deploy_cli import BIN, START_TIMEOUT, Processes
 import qdask
 from qdask.worker.discovery import QUANTUM
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(15)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,7 +32,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.long
 def test_supervised_cli_workers_come_back_after_the_scheduler_restarts(tmp_path):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"

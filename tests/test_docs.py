@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(45)
+
 REPO = Path(__file__).parent.parent
 DOCS = REPO / "docs"
 MKDOCS = Path(sys.executable).parent / "mkdocs"
@@ -272,7 +275,6 @@ with open(sys.argv[2], "w") as f:
 """
 
 
-@pytest.mark.long
 def test_every_snippet_runs_as_a_script(tmp_path):
     """Each guarded snippet runs as ``__main__``: one after the other, in one interpreter.
 

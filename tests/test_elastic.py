@@ -22,6 +22,9 @@ from qdask.monitoring.events import EventStore
 from qdask.scheduler.elastic import ElasticSupport, desired_nodes
 from qdask.worker.discovery import QUANTUM
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(35)
+
 SEED = 2024
 COOLDOWN = 2.0
 REPETITIONS = 50
@@ -216,7 +219,6 @@ def burst(qc: QuantumCluster) -> Burst:
     )
 
 
-@pytest.mark.long
 def test_burst_grows_by_the_factor_respecting_cooldown(burst):
     ups = [e for e in burst.events if e.kind == "scale_up"]
     assert [(e.from_nodes, e.to_nodes) for e in ups] == [(1, 2), (2, 4)]
@@ -224,7 +226,6 @@ def test_burst_grows_by_the_factor_respecting_cooldown(burst):
     assert all("queued circuit work" in e.reason for e in ups)
 
 
-@pytest.mark.long
 def test_idle_returns_to_min_nodes_stepwise(burst):
     downs = [e for e in burst.events if e.kind == "scale_down"]
     steps = [(e.from_nodes, e.to_nodes) for e in downs]
@@ -237,7 +238,6 @@ def test_idle_returns_to_min_nodes_stepwise(burst):
     assert max(e.to_nodes for e in burst.events) == 4  # never above max_nodes
 
 
-@pytest.mark.long
 def test_no_result_lost_or_recomputed(burst):
     runs = Counter(m["key"] for m in burst.executions)
     assert {k: n for k, n in runs.items() if n > 1} == {}  # nothing ran twice
@@ -252,7 +252,6 @@ def test_no_result_lost_or_recomputed(burst):
     assert any(ran_on[k] in retired for k in burst.result_keys)
 
 
-@pytest.mark.long
 def test_results_equal_a_serial_qsim_run(burst):
     ref = qsimcirq.QSimSimulator(seed=SEED).run_batch(CIRCUITS, repetitions=REPETITIONS)
     assert burst.results == [r[0] for r in ref]

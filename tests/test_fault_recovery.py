@@ -31,6 +31,9 @@ from qdask.fault.checkpoint import decode
 from qdask.quantum.sampler import _by_program
 from qdask.worker.discovery import QUANTUM
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(25)
+
 SLOT = {QUANTUM: 1}
 
 
@@ -103,7 +106,6 @@ def set_no_workers_timeout(timeout: float | None, dask_scheduler=None) -> float 
     return previous
 
 
-@pytest.mark.long
 def test_death_heartbeat_loss_and_graceful_leave_are_told_apart(qc, client, events, caplog):
     def broken(event):
         raise RuntimeError("a handler with a bug")
@@ -254,7 +256,6 @@ def test_dead_workers_task_runs_before_older_queued_work(qc, client, events, tmp
     assert stats.recoveries >= 1 and stats.avg_recovery_time is not None
 
 
-@pytest.mark.long
 def test_manual_mode_holds_work_until_resubmitted_or_cancelled(qc, client, events, tmp_path):
     ft = qc.enable_fault_tolerance(FaultToleranceConfig(recovery_mode="manual", checkpoint_url=str(tmp_path / "ck")))
     s = qc.cluster.scheduler

@@ -41,6 +41,9 @@ from qdask.scheduler.plugin import QuantumSchedulerPlugin
 from qdask.worker.discovery import GPU, QUANTUM, GPUInfo, detect_gpus
 from qdask.worker.plugin import QuantumWorkerPlugin
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(20)
+
 GiB = 2**30
 # Asked once, of the real NVML: the gpu tests need a device.
 needs_gpu = pytest.mark.skipif(not detect_gpus(), reason="NVML reports no GPU")

@@ -43,10 +43,13 @@ FIGURES = {"qdask-utilization", "qdask-priority", "qdask-capacity-slots", "qdask
            "qdask-capacity-gpus", "qdask-failures", "qdask-scaling", "qdask-rate", "qdask-backends",
            "qdask-durations", "qdask-widths"}
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
-    reason="Chromium missing: apt-get install -y chromium (.ci/run installs it; CI fails without it)",
-)
+pytestmark = [
+    pytest.mark.long(15),  # seconds in `make test`: longest first (tests/conftest.py)
+    pytest.mark.skipif(
+        CHROMIUM is None and not os.environ.get("CI"),
+        reason="Chromium missing: apt-get install -y chromium (.ci/run installs it; CI fails without it)",
+    ),
+]
 
 
 class Page:
@@ -203,7 +206,6 @@ def test_page_is_registered_served_and_linked_from_dask_pages(hybrid):
 
 
 # -- the page in a browser -------------------------------------------------------------------
-@pytest.mark.long
 def test_page_renders_without_errors_and_follows_a_batch(hybrid, chromium):
     client = hybrid.get_client()
     # As qdask's engine annotates a chunk of a batch of 10 tasks.

@@ -19,6 +19,9 @@ import pytest
 
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(20)
+
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec.gforker"
 HERE = Path(__file__).parent
@@ -49,7 +52,6 @@ def _mpiexec(n: int, args: list[str], tmp_path: Path, **env: str) -> subprocess.
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
-@pytest.mark.long
 def test_four_ranks_run_a_script_on_two_quantum_workers(tmp_path):
     report = tmp_path / "report.json"
     out = _mpiexec(

@@ -32,8 +32,8 @@ def _load_hooks() -> Any:
 
 hooks = _load_hooks()
 
-#: A Jupyter kernel and a cluster per notebook: the module takes 45 s.
-pytestmark = pytest.mark.long
+#: A Jupyter kernel and a cluster per notebook: seconds in `make test`, longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(55)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ from qdask import ClusterConfig, QuantumCluster
 from qdask.deploy.nannies import TOPIC
 from qdask.fault import NodeFailure
 
+#: Seconds this module takes in `make test`: longest first (tests/conftest.py).
+pytestmark = pytest.mark.long(27)
+
 #: Worker preload: while the file CONTROL holds "n mode" with n > 0, the worker
 #: process decrements n and exits, during its start ("start") or just after it
 #: registered with the scheduler ("after"). (The path is written into the file:
@@ -109,7 +112,6 @@ def circuits_for(n: int, qubits: int, depth: int) -> list[cirq.Circuit]:
             + cirq.measure(*q, key="m") for i in range(n)]
 
 
-@pytest.mark.long
 def test_a_frozen_worker_is_detected_and_its_work_moves():
     n, reps = 400, 10
     circuits = circuits_for(n, 16, 24)  # seconds of work for two workers
