@@ -22,7 +22,7 @@ chooses where the rendered notebooks come from:
 ``source``
     as stored in ``notebooks/``, without outputs (a quick build of the prose);
 a folder
-    ``FOLDER/notebooks/NAME.ipynb``, executed already (``tests/test_notebooks.py``
+    ``FOLDER/notebooks/NAME.ipynb``, executed already (``tests/test_docs.py``
     executes them once and renders the site from its copies).
 
 qdask's numpydoc docstrings cross-reference with Sphinx roles

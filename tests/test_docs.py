@@ -1,8 +1,16 @@
-"""The documentation site: it builds with warnings as errors, and what it says exists."""
+"""The documentation site: it builds with warnings as errors, and what it says exists.
+
+The example notebooks execute top to bottom against the embedded local cluster,
+once, through the same function the docs build uses (``docs/hooks.py``: a fresh
+kernel per notebook, each cell bounded, clusters on 127.0.0.1); the site is
+built once, from these executed copies, and renders them with their outputs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -11,15 +19,17 @@ import subprocess
 import sys
 import time
 import typing
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 import yaml
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(45)
+pytestmark = pytest.mark.long(85)
 
 REPO = Path(__file__).parent.parent
 DOCS = REPO / "docs"
@@ -52,18 +62,53 @@ def _resolve(dotted: str) -> object:
     raise ModuleNotFoundError(dotted)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site, built once for this module with warnings as errors.
+def _load_hooks() -> Any:
+    spec = importlib.util.spec_from_file_location("qdask_docs_hooks", REPO / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    The notebooks are rendered as stored (``QDASK_DOCS_NOTEBOOKS=source``): executing them is
-    ``make docs``'s work and ``tests/test_notebooks.py``'s, which renders its executed copies.
+
+hooks = _load_hooks()
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``executed(path)``: the notebook run once per module, its copy in ``executed.folder``."""
+    folder = tmp_path_factory.mktemp("executed")
+    done: dict[Path, Any] = {}
+
+    def run(path: Path) -> nbformat.NotebookNode:
+        if path not in done:
+            try:
+                with warnings.catch_warnings():  # jupyter_client's and zmq's, not qdask's
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    done[path] = hooks.execute_notebook(path, folder / "notebooks" / path.name)
+            except Exception as e:  # reported by this notebook's test, and by the site's
+                done[path] = e
+        if isinstance(done[path], Exception):
+            raise done[path]
+        return done[path]
+
+    run.folder = folder  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.fixture(scope="module")
+def site(executed: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once for this module with warnings as errors, from the executed notebooks.
+
+    A notebook that failed is reported by its own test, and fails the build here, as ``make docs``.
     """
+    for path in NOTEBOOKS:
+        with contextlib.suppress(Exception):
+            executed(path)
     site = tmp_path_factory.mktemp("docs") / "site"
     out = subprocess.run(
         [str(MKDOCS), "build", "--strict", "--site-dir", str(site)],
         cwd=REPO, capture_output=True, text=True, timeout=240,
-        env=dict(os.environ, NO_MKDOCS_2_WARNING="1", QDASK_DOCS_NOTEBOOKS="source"),
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1", QDASK_DOCS_NOTEBOOKS=str(executed.folder)),
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return site
@@ -327,3 +372,45 @@ def test_unguarded_snippet_fails_at_once_with_the_fix(tmp_path):
     assert last.startswith("qdask.deploy.guard.UnguardedMainError: QuantumCluster() was started at the top level"), last
     assert _GUARD in last and "snippet.py, line " in last
     assert "bootstrapping phase" not in out.stderr
+
+
+# -- the example notebooks ---------------------------------------------------------------
+def _outputs(nb: nbformat.NotebookNode) -> list[Any]:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, executed):
+    nb = executed(path)  # a failing cell raises nbclient's CellExecutionError with its traceback
+    outputs = _outputs(nb)
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert outputs
+    # At least one figure each (matplotlib's inline backend: a PNG per plt.show()).
+    assert [o for o in outputs if "image/png" in o.get("data", {})], f"{path.name} shows no figure"
+
+
+def test_site_renders_the_executed_notebooks(site):
+    for path in NOTEBOOKS:
+        page = (site / "notebooks" / path.stem / "index.html").read_text()
+        assert "data:image/png;base64," in page, f"{path.name}: its figures are not on its page"
+        assert "Traceback" not in page, path.name
+        # The executed notebook itself is copied beside its page.
+        assert "image/png" in (site / "notebooks" / path.stem / path.name).read_text()
+
+
+def test_the_three_guides_exist():
+    names = {p.stem for p in NOTEBOOKS}
+    assert {"01_quickstart", "02_hybrid", "03_monitoring"} <= names
+
+
+def test_progress_bars_are_widgets_by_default_in_a_notebook(executed):
+    # The quickstart's Sampler(client, seed=7) has no progress= argument; in its Jupyter
+    # kernel that is tqdm.auto's widget bar.
+    nb = executed(REPO / "notebooks" / "01_quickstart.ipynb")
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "qdask.Sampler(client, seed=7)" in c.source)
+    outputs = cell.outputs
+    assert not [o for o in outputs if o.output_type == "error"], outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), outputs
+    assert any("BatchStats(circuits=50" in o.get("text", "") for o in outputs if o.output_type == "stream"), outputs
+    # No text bar on stderr beside the widget.
+    assert not any("circ/s" in o.get("text", "") for o in outputs if o.get("name") == "stderr"), outputs
