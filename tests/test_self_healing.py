@@ -113,8 +113,10 @@ def circuits_for(n: int, qubits: int, depth: int) -> list[cirq.Circuit]:
 
 
 def test_a_frozen_worker_is_detected_and_its_work_moves():
-    n, reps = 400, 10
-    circuits = circuits_for(n, 16, 24)  # seconds of work for two workers
+    # The victim's chunk holds the batch until the worker is found frozen, however short the
+    # rest of the work: 150 circuits are enough for both workers to hold some.
+    n, reps = 150, 10
+    circuits = circuits_for(n, 16, 24)
     ref = qsimcirq.QSimSimulator(seed=5).run_batch(circuits, repetitions=reps)
     # 1 s asks for Dask's floor: ten heartbeat intervals, 5 s on a small cluster.
     with dask.config.set({"qdask.scheduler.worker-ttl": "1s", "qdask.quantum.chunk-duration": "50ms"}), \
