@@ -587,7 +587,9 @@ class QuantumCluster:
         return cluster_card(
             scheduler_address=self.scheduler_address,
             dashboard_link=self.dashboard_link,
-            workers=client.scheduler_info()["workers"],
+            # Asked of the scheduler now: scheduler_info() returns the client's cached identity,
+            # which its periodic refresh (without workers) can overwrite after the fetch.
+            workers=client.sync(client.scheduler.identity, n_workers=-1)["workers"],
             resources=list(self.resources()),
         )
 
