@@ -12,7 +12,7 @@ import cirq
 import dask
 import pytest
 import qsimcirq
-from _polling import wait_for
+from _polling import wait_for, workers_of
 from distributed import Event, WorkerPlugin, wait
 
 import qdask
@@ -203,7 +203,7 @@ def burst(qc: QuantumCluster) -> Burst:
             gate.set()
         wait([held, *futures], timeout=300)
         # The results stay on the workers (held by `futures`) while idle workers retire.
-        wait_for(lambda: es.events(since)[-1].to_nodes == 1 and len(client.scheduler_info()["workers"]) == 1,
+        wait_for(lambda: es.events(since)[-1].to_nodes == 1 and len(workers_of(client)) == 1,
                  180, what="the cluster to return to min_nodes")
         results = client.gather(futures)
     finally:
@@ -214,7 +214,7 @@ def burst(qc: QuantumCluster) -> Burst:
         result_keys=[str(f.key) for f in futures],
         executions=executed(),
         removals=[msg for t, msg in client.get_events("all") if t >= since and msg.get("action") == "remove-worker"],
-        workers_after=len(client.scheduler_info()["workers"]),
+        workers_after=len(workers_of(client)),
         plan_after=len(qc.cluster.plan),
     )
 

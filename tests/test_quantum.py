@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import qsimcirq
 import sympy
+from _polling import workers_of
 
 import qdask
 from qdask import ClusterConfig, QuantumCluster
@@ -212,7 +213,7 @@ def test_backends_listed(client):
 
 # -- validation: each case is refused before anything reaches a worker ----------------
 def _workers(client):
-    return sorted(client.scheduler_info()["workers"])
+    return sorted(workers_of(client))
 
 
 @pytest.mark.parametrize(
