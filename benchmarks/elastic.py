@@ -72,7 +72,9 @@ def drain(mode: str, nodes: int, circuits: list[cirq.Circuit], reps: int, elasti
             last_t, count = e.time, e.to_nodes
         node_seconds += count * (end_wall - last_t)
         deadline = time.monotonic() + 300
-        while len(client.scheduler_info()["workers"]) > elastic.min_nodes and time.monotonic() < deadline:
+        # The scheduler's count now (scheduler_info() can return the client's cache, without workers).
+        while len(client.sync(client.scheduler.identity, n_workers=-1)["workers"]) > elastic.min_nodes \
+                and time.monotonic() < deadline:
             time.sleep(0.25)
         back = time.time() - end_wall
         events = es.events(start_wall)
