@@ -25,8 +25,7 @@ from pathlib import Path
 import click
 
 from qdask.config import ClusterConfig, ConfigError
-from qdask.deploy.cluster import QuantumCluster
-from qdask.deploy.mpi import require_dask_mpi
+from qdask.deploy.mpi import require_dask_mpi, worker_ranks
 
 
 @click.command(
@@ -43,6 +42,10 @@ def main(interface: str, local_directory: str | None, script: str, args: tuple[s
     """Run SCRIPT on MPI rank 1 as the client of a qdask cluster on the other ranks."""
     too_few_ranks = require_dask_mpi().WorldTooSmallException
     try:
+        worker_ranks()  # too few ranks: refused on every rank before the imports below
+        # Start-up cost: QuantumCluster imports cirq (seconds of CPU on every rank).
+        from qdask.deploy.cluster import QuantumCluster
+
         qc = QuantumCluster.from_mpi(ClusterConfig(), interface=interface, local_directory=local_directory)
     except (too_few_ranks, ConfigError) as e:
         raise click.ClickException(str(e)) from e
