@@ -78,7 +78,14 @@ class Killer(threading.Thread):
             wait = self.period
             if self.limit is not None and len(self.killed) >= self.limit:
                 return
-            pids = {n.worker_address: n.pid for n in list(self.cluster.workers.values()) if n.pid}
+            pids = {}
+            for nanny in list(self.cluster.workers.values()):
+                # Nanny.pid and .worker_address read nanny.process twice: a restart on the cluster's
+                # event loop can set it to None in between (AttributeError: this thread would end,
+                # and pytest fails the test on the thread's unhandled exception).
+                with contextlib.suppress(AttributeError):
+                    if (pid := nanny.pid) and (address := nanny.worker_address):
+                        pids[address] = pid
             alive = sorted(a for a in pids if a in self.scheduler.workers)
             if len(alive) < 2:
                 continue
