@@ -21,6 +21,7 @@ import numpy as np
 
 import qdask
 from qdask import ClusterConfig, ElasticConfig, QuantumCluster
+from qdask._compat import scheduler_workers
 from qdask.config import parse_duration
 from qdask.deploy.elastic import ScalingEvent
 
@@ -72,9 +73,7 @@ def drain(mode: str, nodes: int, circuits: list[cirq.Circuit], reps: int, elasti
             last_t, count = e.time, e.to_nodes
         node_seconds += count * (end_wall - last_t)
         deadline = time.monotonic() + 300
-        # The scheduler's count now (scheduler_info() can return the client's cache, without workers).
-        while len(client.sync(client.scheduler.identity, n_workers=-1)["workers"]) > elastic.min_nodes \
-                and time.monotonic() < deadline:
+        while len(scheduler_workers(client)) > elastic.min_nodes and time.monotonic() < deadline:
             time.sleep(0.25)
         back = time.time() - end_wall
         events = es.events(start_wall)

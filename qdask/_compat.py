@@ -28,7 +28,7 @@ from distributed.nanny import WorkerProcess
 from distributed.scheduler import heartbeat_interval
 
 if TYPE_CHECKING:
-    from distributed import Scheduler, Worker
+    from distributed import Client, Scheduler, Worker
     from distributed.scheduler import TaskPrefix, TaskState, WorkerState
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "qsim_module_of",
     "refresh_unrunnable",
     "restore_worker_objective",
+    "scheduler_workers",
     "set_no_workers_timeout",
     "set_qsim_prng",
     "set_stealing_interval",
@@ -235,6 +236,21 @@ def asyncio_ready_queue(loop: Any) -> Any:
 # reporting in); it has ``status``, ``is_alive()``, ``stopped`` (an
 # ``asyncio.Event``) and ``pid``. qdask's nanny restarts failed starts. Read in 2026.7.1.
 # (imported above)
+
+# == distributed: the client ========================================================
+
+# ``Client.scheduler_info()`` (sync) fetches ``identity(n_workers=-1)`` into the
+# client's cached identity and then returns that cache, which the client's
+# periodic refresh (every 2 s, ``identity(n_workers=0)``: no workers) can
+# overwrite in between: under load it came back with no workers while both were
+# up. The scheduler's ``identity`` handler with ``n_workers=-1`` lists every
+# worker. Read in 2026.7.1 (client.py, ``scheduler_info``, ``_update_scheduler_info``).
+
+
+def scheduler_workers(client: Client) -> dict[str, dict[str, Any]]:
+    """``{address: info}`` of every worker, asked of the scheduler now (a synchronous client)."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
 
 # == distributed: the dashboard =====================================================
 

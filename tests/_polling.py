@@ -23,12 +23,3 @@ def wait_for(
         time.sleep(interval)
     raise AssertionError(f"{what} not met within {timeout} s")
 
-
-def workers_of(client: Any) -> dict[str, dict[str, Any]]:
-    """``{address: info}`` of every worker, asked of the scheduler now.
-
-    Not ``client.scheduler_info()["workers"]``: that fetches every worker, then
-    returns the client's cached identity, which its periodic refresh (every 2 s,
-    without workers) can overwrite in between; under load it once came back empty.
-    """
-    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]

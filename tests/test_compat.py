@@ -276,6 +276,19 @@ def test_forkserver_preload_set_after_dasks_first_call_stays():
            "workers forked with cirq and qsim already imported")
 
 
+# -- distributed: the client --------------------------------------------------------
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2)
+async def test_scheduler_identity_lists_every_worker_on_request(c, s, a, b):
+    """``scheduler_workers`` asks ``identity(n_workers=-1)``; the client's refresh asks ``n_workers=0``."""
+    every = await c.scheduler.identity(n_workers=-1)
+    canary(sorted(every["workers"]) == sorted([a.address, b.address]), "distributed",
+           "lists every worker in the scheduler's identity(n_workers=-1)",
+           "the worker table of QuantumCluster's card (_compat.scheduler_workers)")
+    # Why not scheduler_info(): the cache it returns is what the periodic refresh fetched.
+    none = await c.scheduler.identity(n_workers=0)
+    assert none["workers"] == {} and none["n_workers"] == 2
+
+
 # -- distributed: the dashboard -----------------------------------------------------
 
 

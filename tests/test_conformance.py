@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import qsimcirq
 import sympy
-from _polling import workers_of
 
 import qdask
+from qdask._compat import scheduler_workers
 from qdask.quantum.backends import QSimGateTooWideError
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
@@ -564,14 +564,14 @@ def test_errors_have_the_reference_type(client, case):
     kw, call = ERROR_CASES[case]
     ref_kw = {"qsim_options": kw["qsim_options"]} if "qsim_options" in kw else {}
     ref = _raised(lambda: call(qsimcirq.QSimSimulator(**ref_kw)))
-    before = sorted(workers_of(client))
+    before = sorted(scheduler_workers(client))
     assert len(before) == 2
     got = _raised(lambda: call(qdask.Simulator(client, **kw)))
     assert isinstance(got, type(ref)), f"qdask raised {type(got).__mro__}, qsimcirq {type(ref)}: {got}"
     if case not in _CIRQ_OWN:
         assert "Fix" in str(got), got
     assert isinstance(got, qdask.BatchError) == (case in _ON_A_WORKER), type(got).__mro__
-    assert sorted(workers_of(client)) == before  # no worker died or was replaced
+    assert sorted(scheduler_workers(client)) == before  # no worker died or was replaced
 
 
 @pytest.mark.skipif(

@@ -15,11 +15,12 @@ import time
 import cirq
 import pytest
 import qsimcirq
-from _polling import wait_for, workers_of
+from _polling import wait_for
 from distributed import Client
 from test_deploy_cli import BIN, START_TIMEOUT, Processes
 
 import qdask
+from qdask._compat import scheduler_workers
 from qdask.worker.discovery import QUANTUM
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
@@ -58,11 +59,11 @@ def test_supervised_cli_workers_come_back_after_the_scheduler_restarts(tmp_path)
                 c.wait_for_workers(2, timeout=START_TIMEOUT)
                 # A preloaded worker may register before its plugin declared the quantum slot
                 # (it then sends it with set_resources): wait for both slots.
-                wait_for(lambda: sum(w["resources"].get(QUANTUM, 0) for w in workers_of(c).values())
+                wait_for(lambda: sum(w["resources"].get(QUANTUM, 0) for w in scheduler_workers(c).values())
                          >= 2, timeout=START_TIMEOUT, what="both workers' quantum slots")
                 got = qdask.Sampler(c, seed=4, simulator="qsim").run_batch(circuits, repetitions=10)
                 assert [g[0] for g in got] == [r[0] for r in ref], attempt
-                assert sorted(w["name"] for w in workers_of(c).values()) == ["w0", "w1"]
+                assert sorted(w["name"] for w in scheduler_workers(c).values()) == ["w0", "w1"]
             if attempt == "before":
                 procs.procs["scheduler"].kill()  # SIGKILL: no goodbye to the workers
                 procs.procs["scheduler"].wait()

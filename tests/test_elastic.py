@@ -12,11 +12,12 @@ import cirq
 import dask
 import pytest
 import qsimcirq
-from _polling import wait_for, workers_of
+from _polling import wait_for
 from distributed import Event, WorkerPlugin, wait
 
 import qdask
 from qdask import ClusterConfig, ConfigError, ElasticConfig, QuantumCluster
+from qdask._compat import scheduler_workers
 from qdask.deploy.elastic import ElasticAdaptive, ScalingEvent, enable, next_size
 from qdask.monitoring.events import EventStore
 from qdask.scheduler.elastic import ElasticSupport, desired_nodes
@@ -203,7 +204,7 @@ def burst(qc: QuantumCluster) -> Burst:
             gate.set()
         wait([held, *futures], timeout=300)
         # The results stay on the workers (held by `futures`) while idle workers retire.
-        wait_for(lambda: es.events(since)[-1].to_nodes == 1 and len(workers_of(client)) == 1,
+        wait_for(lambda: es.events(since)[-1].to_nodes == 1 and len(scheduler_workers(client)) == 1,
                  180, what="the cluster to return to min_nodes")
         results = client.gather(futures)
     finally:
@@ -214,7 +215,7 @@ def burst(qc: QuantumCluster) -> Burst:
         result_keys=[str(f.key) for f in futures],
         executions=executed(),
         removals=[msg for t, msg in client.get_events("all") if t >= since and msg.get("action") == "remove-worker"],
-        workers_after=len(workers_of(client)),
+        workers_after=len(scheduler_workers(client)),
         plan_after=len(qc.cluster.plan),
     )
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import qsimcirq
 import sympy
-from _polling import workers_of
 
 import qdask
 from qdask import ClusterConfig, QuantumCluster
+from qdask._compat import scheduler_workers
 from qdask.quantum import validate as v
 
 
@@ -213,7 +213,7 @@ def test_backends_listed(client):
 
 # -- validation: each case is refused before anything reaches a worker ----------------
 def _workers(client):
-    return sorted(workers_of(client))
+    return sorted(scheduler_workers(client))
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from _polling import workers_of
 from distributed.comm.addressing import get_address_host_port
 
 from qdask import ClusterConfig, QuantumCluster
+from qdask._compat import scheduler_workers
 from qdask.deploy.connect import speaks_tls
 from qdask.worker.discovery import QUANTUM
 
@@ -72,7 +72,7 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 
 def test_default_local_cluster_listens_on_loopback_only(cluster2):
     client = cluster2.get_client()
-    workers = workers_of(client)
+    workers = scheduler_workers(client)
     assert len(workers) == 2
     # { pid: ports it must listen on }. The scheduler, its dashboard and the
     # nannies live in this process (LocalCluster); each worker in its own.

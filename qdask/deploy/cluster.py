@@ -11,6 +11,7 @@ import dask.config
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
+from qdask import _compat
 from qdask.config import (
     ClusterConfig,
     ConfigError,
@@ -587,9 +588,7 @@ class QuantumCluster:
         return cluster_card(
             scheduler_address=self.scheduler_address,
             dashboard_link=self.dashboard_link,
-            # Asked of the scheduler now: scheduler_info() returns the client's cached identity,
-            # which its periodic refresh (without workers) can overwrite after the fetch.
-            workers=client.sync(client.scheduler.identity, n_workers=-1)["workers"],
+            workers=_compat.scheduler_workers(client),
             resources=list(self.resources()),
         )
 
