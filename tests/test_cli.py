@@ -36,6 +36,13 @@ def _run(args: list[str]) -> Result:
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
+def _run_timed(args: list[str]) -> tuple[Result, float]:
+    """:func:`_run`, and the seconds it took."""
+    t0 = time.perf_counter()
+    out = _run(args)
+    return out, time.perf_counter() - t0
+
+
 #: Seconds within which a refused command line has ended, even on a loaded machine: what
 #: it guards against is a command that goes on (starts a cluster, retries to connect for
 #: good); 60 s, the subprocess timeout, would be a hang.
@@ -67,9 +74,7 @@ def _one_error_line(out):
     (["monitor", "--address", "127.0.0.1:1", "--count", "0"], "--count"),
 ])
 def test_bad_argument_is_one_click_error_before_anything_starts(args, option):
-    t0 = time.perf_counter()
-    out = CliRunner().invoke(cli, args)
-    elapsed = time.perf_counter() - t0
+    out, elapsed = _run_timed(args)
     assert out.exit_code == 2, out.stderr
     line = _one_error_line(out)
     assert f"Invalid value for '{option}'" in line
@@ -79,10 +84,8 @@ def test_bad_argument_is_one_click_error_before_anything_starts(args, option):
 
 @pytest.mark.parametrize("command", ["info", "demo", "monitor"])
 def test_unreachable_address_fails_within_the_connect_timeout(command):
-    t0 = time.perf_counter()
     with dask.config.set({"distributed.comm.timeouts.connect": "500ms"}):
-        out = CliRunner().invoke(cli, [command, "--address", "127.0.0.1:1"])
-    elapsed = time.perf_counter() - t0
+        out, elapsed = _run_timed([command, "--address", "127.0.0.1:1"])
     assert out.exit_code == 1, out.stderr
     line = _one_error_line(out)
     assert "no qdask scheduler answered at 127.0.0.1:1 within 0.5 s" in line
@@ -157,7 +160,8 @@ def test_demo_keep_serves_the_dashboard_until_ctrl_c():
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "stopping" in rest and "Traceback" not in err
+    assert "stopping" in rest, rest
+    assert "Traceback" not in err, err
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(page, timeout=5)
 
