@@ -73,7 +73,7 @@ $(VENV)/.stamp-docs: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.stamp-base
 
 # The documentation site into site/; any warning (broken link, bad docstring) fails it.
-# The notebooks are executed into it (docs/hooks.py, ~1 min); QDASK_DOCS_NOTEBOOKS=source
+# The notebooks are executed into it (docs/hooks.py, ~20 s); QDASK_DOCS_NOTEBOOKS=source
 # renders them as stored, without outputs.
 docs: $(VENV)/.stamp-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

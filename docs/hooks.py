@@ -11,7 +11,7 @@ code. A page asks for a table with a marker on a line of its own:
 
 The notebooks of ``notebooks/`` become pages of the site (``notebooks/NAME.ipynb``
 in the nav, rendered by mkdocs-jupyter) with their outputs: :func:`on_files`
-executes each one in a fresh kernel before the pages render. Each notebook
+executes them (:func:`execute_notebooks`) before the pages render. Each notebook
 starts its own cluster on 127.0.0.1 (``QuantumCluster``'s default) and closes it
 in its last cell; every cell is bounded by :data:`CELL_TIMEOUT` and an error in
 any cell fails the build with that cell's traceback. ``QDASK_DOCS_NOTEBOOKS``
@@ -44,6 +44,7 @@ import griffe
 import mkdocs.plugins
 import nbformat
 import yaml
+from jupyter_client.manager import KernelManager
 from mkdocs.structure.files import File, Files
 from nbclient import NotebookClient
 
@@ -111,23 +112,83 @@ def notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
-def execute_notebook(path: Path, dest: Path, timeout: int = CELL_TIMEOUT) -> nbformat.NotebookNode:
-    """Run ``path`` top to bottom in a fresh ``python3`` kernel and write it, with outputs, to ``dest``.
+#: Run in the shared kernel before each notebook: the state a fresh kernel starts with.
+#: ``%reset -f`` empties the ``__main__`` module's dict, and with it the attributes
+#: every module has; multiprocessing's spawn reads ``__main__.__spec__`` when a
+#: cluster starts its workers, so they are put back as a fresh kernel has them.
+_FRESH_NAMESPACE = """\
+%reset -f
+__spec__ = __loader__ = __package__ = None
+import os as _os, dask as _dask
+_os.chdir({cwd!r})
+_dask.config.refresh()
+del _os, _dask
+"""
 
-    The kernel's working directory is a temporary folder, so what a notebook
-    writes (logs, checkpoints) stays out of the repository. Raises nbclient's
-    ``CellExecutionError`` (the cell and its traceback) when a cell fails and
-    ``CellTimeoutError`` when one runs past ``timeout`` seconds.
+
+def execute_notebooks(
+    paths: list[Path], dest: Path, timeout: int = CELL_TIMEOUT,
+) -> dict[Path, nbformat.NotebookNode | Exception]:
+    """Run each notebook top to bottom and write it, with outputs, to ``dest/notebooks/NAME.ipynb``.
+
+    The notebooks share one ``python3`` kernel, in turn: a kernel imports
+    cirq and starts qdask's worker fork server once, which made four fresh
+    kernels cost twice the CPU time. Each notebook starts from what a fresh kernel
+    has (:data:`_FRESH_NAMESPACE`: no names of the notebook before, dask's
+    configuration as loaded), in its own temporary working directory, so what it
+    writes (logs, checkpoints) stays out of the repository. After a notebook
+    fails, the kernel is restarted for the next.
+
+    Returns
+    -------
+    dict
+        For each path, the executed notebook, or the error that stopped it:
+        nbclient's ``CellExecutionError`` (the cell and its traceback), or
+        ``CellTimeoutError`` when a cell ran past ``timeout`` seconds.
     """
-    nb = nbformat.read(path, as_version=4)
-    with tempfile.TemporaryDirectory(prefix="qdask-notebook-") as cwd:
-        NotebookClient(
-            nb, timeout=timeout, startup_timeout=120, kernel_name="python3",
-            resources={"metadata": {"path": cwd}},
-        ).execute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, dest)
-    return nb
+    done: dict[Path, nbformat.NotebookNode | Exception] = {}
+    with tempfile.TemporaryDirectory(prefix="qdask-notebook-") as top:
+        km = KernelManager(kernel_name="python3")
+        km.start_kernel(cwd=top)
+        try:
+            for path in paths:
+                cwd = Path(top) / path.stem
+                cwd.mkdir()
+                nb = nbformat.read(path, as_version=4)
+                client = NotebookClient(nb, km=km, timeout=timeout)
+                try:
+                    _run_in(km, _FRESH_NAMESPACE.format(cwd=str(cwd)))
+                    client.execute()
+                except Exception as e:
+                    done[path] = e
+                    km.restart_kernel(now=True)
+                    continue
+                finally:
+                    if client.kc is not None:
+                        client.kc.stop_channels()
+                (dest / "notebooks").mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, dest / "notebooks" / path.name)
+                done[path] = nb
+        finally:
+            km.shutdown_kernel(now=True)
+    return done
+
+
+def _run_in(km: KernelManager, code: str) -> None:
+    """Run ``code`` in ``km``'s kernel; raise RuntimeError with the traceback if it fails."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        errors: list[str] = []
+        reply = kc.execute_interactive(
+            code, timeout=60,
+            output_hook=lambda msg: errors.extend(msg["content"].get("traceback", [])),
+        )
+    finally:
+        kc.stop_channels()
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError("resetting the notebook kernel failed:\n" + "\n".join(errors))
 
 
 _executed: tempfile.TemporaryDirectory[str] | None = None
@@ -141,8 +202,9 @@ def on_files(files: Files, config: Any, **kwargs: Any) -> Files:
     if mode == "execute":
         _executed = tempfile.TemporaryDirectory(prefix="qdask-docs-")
         src_dir = Path(_executed.name)
-        for path in notebooks():
-            execute_notebook(path, src_dir / "notebooks" / path.name)
+        for path, outcome in execute_notebooks(notebooks(), src_dir).items():
+            if isinstance(outcome, Exception):
+                raise RuntimeError(f"notebooks/{path.name} failed") from outcome
     elif mode == "source":
         src_dir = REPO
     else:

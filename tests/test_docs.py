@@ -8,7 +8,6 @@ built once, from these executed copies, and renders them with their outputs.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -24,12 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nbclient.exceptions
 import nbformat
 import pytest
 import yaml
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(85)
+pytestmark = pytest.mark.long(55)
 
 REPO = Path(__file__).parent.parent
 DOCS = REPO / "docs"
@@ -75,21 +75,20 @@ hooks = _load_hooks()
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """``executed(path)``: the notebook run once per module, its copy in ``executed.folder``."""
+    """``executed(path)``: the notebook, run once per module (all of them in one kernel, as ``make docs``).
+
+    The executed copies are in ``executed.folder``; a notebook that failed raises its error.
+    """
     folder = tmp_path_factory.mktemp("executed")
-    done: dict[Path, Any] = {}
+    with warnings.catch_warnings():  # jupyter_client's and zmq's, not qdask's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        done = hooks.execute_notebooks(NOTEBOOKS, folder)
 
     def run(path: Path) -> nbformat.NotebookNode:
-        if path not in done:
-            try:
-                with warnings.catch_warnings():  # jupyter_client's and zmq's, not qdask's
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    done[path] = hooks.execute_notebook(path, folder / "notebooks" / path.name)
-            except Exception as e:  # reported by this notebook's test, and by the site's
-                done[path] = e
-        if isinstance(done[path], Exception):
-            raise done[path]
-        return done[path]
+        outcome = done[path]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     run.folder = folder  # type: ignore[attr-defined]
     return run
@@ -101,9 +100,6 @@ def site(executed: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     A notebook that failed is reported by its own test, and fails the build here, as ``make docs``.
     """
-    for path in NOTEBOOKS:
-        with contextlib.suppress(Exception):
-            executed(path)
     site = tmp_path_factory.mktemp("docs") / "site"
     out = subprocess.run(
         [str(MKDOCS), "build", "--strict", "--site-dir", str(site)],
@@ -387,6 +383,20 @@ def test_notebook_executes(path, executed):
     assert outputs
     # At least one figure each (matplotlib's inline backend: a PNG per plt.show()).
     assert [o for o in outputs if "image/png" in o.get("data", {})], f"{path.name} shows no figure"
+
+
+def test_a_notebook_does_not_see_the_names_of_the_one_before(tmp_path):
+    # The notebooks share a kernel (docs/hooks.py): each must still stand on its own.
+    first, second = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1\nimport os\nos.getcwd()")]), first)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")]), second)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        done = hooks.execute_notebooks([first, second], tmp_path / "out")
+    assert done[first].cells[0].outputs[0]["data"]["text/plain"].endswith("/a'")  # its own directory
+    assert isinstance(done[second], nbclient.exceptions.CellExecutionError)
+    assert "NameError" in str(done[second])
+    assert not (tmp_path / "out" / "notebooks" / "b.ipynb").exists()
 
 
 def test_site_renders_the_executed_notebooks(site):
