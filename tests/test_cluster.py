@@ -15,6 +15,7 @@ from distributed import Client
 
 from qdask import ClusterConfig, HybridConfig, QuantumCluster
 from qdask.deploy import forkserver
+from qdask.quantum.cost import measured_here
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES, detect_gpus
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
@@ -91,8 +92,17 @@ def test_workers_fork_from_a_server_that_imported_cirq_and_qsim(cluster2):
         assert method == "forkserver"
         for server in parents:
             assert "multiprocessing.forkserver" in server
-            assert all(repr(m) in server for m in forkserver.PRELOAD), server
+            preloaded = [*forkserver.PRELOAD, *dask.config.get(forkserver.ROUTES_KEY)]
+            assert all(repr(m) in server for m in preloaded), server
     assert all(r["resources"].get(QUANTUM) for r in cluster2.resources())
+
+
+def test_local_workers_start_with_this_process_measurement_of_qsim(cluster2):
+    # Measured once where the cluster starts (qdask.quantum.cost.measured_here), not at
+    # each worker's start: a restarted or added worker waits for no measurement.
+    here = measured_here().to_dict()
+    assert all(v > 0 for v in here.values()), here
+    assert [r["cost_model"] for r in cluster2.resources()] == [here, here]
 
 
 def test_worker_start_method_is_checked():
@@ -185,6 +195,8 @@ def test_attach_mode_installs_plugins_on_a_plain_scheduler():
             assert _wait(lambda: len(qc.resources()) == 1 and qc.resources()[0]["role"] == "quantum", timeout=10)
             row = qc.resources()[0]
             assert row["resources"][QUANTUM] == 1
+            # A worker of another cluster measures qsim itself, at its start.
+            assert row["cost_model"] and row["cost_model"] != measured_here().to_dict()
         # Detaching does not stop the foreign cluster.
         with Client(plain, set_as_default=False) as c:
             assert len(c.nthreads()) == 1

@@ -172,7 +172,7 @@ class QuantumCluster:
             dashboard_address=f"{LOOPBACK}:0",
             local_directory=self._tmpdir,
             scheduler_kwargs={"plugins": spec.scheduler_plugins(level)},
-            plugins=spec.worker_plugins("quantum"),
+            plugins=spec.worker_plugins("quantum", local=True),
         )
         if not inproc:
             kwargs["worker_class"] = nannies.QuantumNanny  # a worker's close cannot hang

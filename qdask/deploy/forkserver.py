@@ -26,8 +26,17 @@ from qdask.resources import detect_gpus
 
 logger = logging.getLogger(__name__)
 
-#: What the server imports before it forks any worker (what the worker plugin needs).
-PRELOAD = ("distributed", "cirq", "qsimcirq", "qdask.worker.plugin", "qdask.quantum.execute")
+#: What the server imports before it forks any worker: what the worker plugin needs,
+#: including the modules of the built-in backends, which its setup loads
+#: (``qdask.quantum.backends.registry``; stimcirq only where the ``clifford`` extra
+#: is installed: the server skips a preload that raises ImportError). The server
+#: also imports the worker's HTTP routes (``distributed.worker.http.routes``, with
+#: prometheus_client), which ``Worker.start`` would import in each worker.
+PRELOAD = (
+    "distributed", "cirq", "qsimcirq", "qdask.worker.plugin", "qdask.quantum.execute",
+    "qdask.hybrid.schrodinger_feynman", "qdask.hybrid.noise", "stimcirq",
+)
+ROUTES_KEY = "distributed.worker.http.routes"
 METHODS = ("forkserver", "spawn")
 METHOD_KEY = "distributed.worker.multiprocessing-method"
 
@@ -61,6 +70,7 @@ def use_preloaded_forkserver() -> bool:
     # Dask sets its own preload list at its first call; ours replaces it
     # before the server starts (with the first worker), and includes it:
     # cirq imports numpy, pandas and scipy, distributed the rest.
-    _compat.set_worker_forkserver_preload(list(PRELOAD))
-    logger.debug("local workers fork from a server with %s imported", PRELOAD)
+    preload = [*PRELOAD, *dask.config.get(ROUTES_KEY, [])]
+    _compat.set_worker_forkserver_preload(preload)
+    logger.debug("local workers fork from a server with %s imported", preload)
     return True

@@ -120,7 +120,7 @@ class CUDAOptions:
             # discovery (which would count them all) so each worker offers one.
             resources={GPU: 1},
             scheduler_kwargs={"plugins": spec.scheduler_plugins()},
-            plugins=spec.worker_plugins("quantum"),
+            plugins=spec.worker_plugins("quantum", local=True),
         )
 
     def worker_command(

@@ -22,9 +22,22 @@ def scheduler_plugins(optimization_level: str | None = None) -> list[QuantumSche
     return [QuantumSchedulerPlugin(optimization_level=optimization_level)]
 
 
-def worker_plugins(role: str = "quantum", noise: dict[str, float] | None = None) -> list[QuantumWorkerPlugin]:
-    """Worker plugins for a worker of ``role`` ("quantum" or "classical"), emulating ``noise`` if given."""
-    return [QuantumWorkerPlugin(role=role, noise=noise)]
+def worker_plugins(
+    role: str = "quantum", noise: dict[str, float] | None = None, *, local: bool = False
+) -> list[QuantumWorkerPlugin]:
+    """Worker plugins for a worker of ``role`` ("quantum" or "classical"), emulating ``noise`` if given.
+
+    ``local``: for workers on this host, which get this process's measurement of
+    qsim's speed (:func:`qdask.quantum.cost.measured_here`) instead of each
+    taking its own at every start.
+    """
+    cost_model = None
+    if local and role == "quantum":
+        # Imported here for start-up cost: the dask CLI preloads import this module, not cirq.
+        from qdask.quantum.cost import measured_here
+
+        cost_model = measured_here().to_dict()
+    return [QuantumWorkerPlugin(role=role, noise=noise, cost_model=cost_model)]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Cost model: estimated run time of a circuit per backend and thread count.
 
-The model is calibrated by a short measurement on each quantum worker at
-start (:meth:`CostModel.calibrate`, ~0.1 s), never guessed: qsim's time is
+The model is calibrated by a short measurement (:meth:`CostModel.calibrate`,
+~0.1 s), never guessed: by each quantum worker at its start, or once by the
+process that starts local workers (:func:`measured_here`), which hands it to
+them. qsim's time is
 
 ``per_circuit + per_op * ops + (per_amp_op * ops + per_amp_term * terms) * 2**n / speedup(threads)``
 
@@ -18,6 +20,7 @@ and monitoring read the same numbers.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -131,6 +134,18 @@ class CostModel:
         per_term = (expectation(9) - expectation(1)) / 8
         per_amp_term = max(per_term / 2.0**PARALLEL_MIN_QUBITS, 1e-12)
         return cls(per_circuit=per_circuit, per_op=per_op, per_amp_op=per_amp_op, per_amp_term=per_amp_term)
+
+
+@functools.cache
+def measured_here() -> CostModel:
+    """:meth:`CostModel.calibrate` once per process.
+
+    The workers a process starts on its own host run the same qsim on the same
+    cores: :class:`~qdask.deploy.cluster.QuantumCluster` measures once and gives
+    each local worker the model, so that no worker start (a restart after a
+    failure, an elastic scale-up) waits for its own measurement.
+    """
+    return CostModel.calibrate()
 
 
 def _seconds(fn: Any) -> float:

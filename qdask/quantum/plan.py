@@ -23,7 +23,7 @@ from qdask.quantum import backends as bk
 from qdask.quantum import qsim_fast
 from qdask.quantum.analysis import CircuitInfo, analyze
 from qdask.quantum.annotation import TaskAnnotation
-from qdask.quantum.cost import CostModel
+from qdask.quantum.cost import CostModel, measured_here
 from qdask.quantum.qsim_fast import CompactCircuit
 from qdask.quantum.task import Seeds, Task
 from qdask.quantum.validate import (
@@ -65,7 +65,7 @@ class ClusterView:
                 "`dask worker --preload qdask.plugins.worker`)."
             )
         models = [CostModel.from_dict(r["cost_model"]) for r in quantum if r.get("cost_model")]
-        cost = CostModel.median(models) if models else CostModel.calibrate()
+        cost = CostModel.median(models) if models else measured_here()
         # Threads for a circuit that runs alone: the cores of a host shared by
         # the quantum slots on it (the most crowded host decides).
         per_host: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -114,6 +114,7 @@ def discover(
     nthreads: int,
     memory_limit: int | None,
     quantum: bool = True,
+    cost_model: dict[str, float] | None = None,
 ) -> Capabilities:
     """Detect this process's hardware and derive the worker's capabilities.
 
@@ -125,6 +126,9 @@ def discover(
         Worker memory limit in bytes; None or 0 means system memory.
     quantum : bool, default True
         Whether this worker runs circuits (False for classical-only workers).
+    cost_model : dict, optional
+        qsim's speed on this host (:meth:`qdask.quantum.cost.CostModel.to_dict`),
+        measured by the process that started the worker; default: measured now.
     """
     limit = int(memory_limit or psutil.virtual_memory().total)
     budget = int(config.get("worker.statevector-fraction") * limit)
@@ -141,13 +145,13 @@ def discover(
         gpus=gpus,
         backends=available_backends() if quantum else [],
         host=socket.gethostname(),
-        cost_model=_calibrate() if quantum else {},
+        cost_model=(dict(cost_model) if cost_model is not None else _calibrate()) if quantum else {},
     )
 
 
 def _calibrate() -> dict[str, float]:
     # Imported here for start-up cost: qdask.quantum.cost loads cirq, which a
     # process that only reads Capabilities (the scheduler) never needs.
-    from qdask.quantum.cost import CostModel
+    from qdask.quantum.cost import measured_here
 
-    return CostModel.calibrate().to_dict()
+    return measured_here().to_dict()

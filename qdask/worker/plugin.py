@@ -44,12 +44,19 @@ class QuantumWorkerPlugin(WorkerPlugin):
         Emulated device noise of a quantum worker, e.g. ``{"gate_error": 0.01,
         "readout_error": 0.02}`` (:class:`qdask.hybrid.noise.DeviceNoise`);
         default ``qdask.worker.noise`` on the worker.
+    cost_model : dict, optional
+        qsim's speed on the worker's host
+        (:meth:`qdask.quantum.cost.CostModel.to_dict`), measured by the
+        process that starts the worker on that host; default: the worker
+        measures it at its start (~0.1 s).
     """
 
     name = "qdask-worker"
     idempotent = True
 
-    def __init__(self, role: str = "quantum", noise: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, role: str = "quantum", noise: dict[str, float] | None = None, cost_model: dict[str, float] | None = None
+    ) -> None:
         if role not in ROLES:
             raise ValueError(
                 f"QuantumWorkerPlugin(role={role!r}) is invalid: allowed {ROLES}. "
@@ -60,12 +67,14 @@ class QuantumWorkerPlugin(WorkerPlugin):
 
         DeviceNoise.coerce(noise)  # validates; a plain dict travels to the worker
         self.noise = noise
+        self.cost_model = cost_model
 
     async def setup(self, worker: Worker) -> None:
         caps = discover(
             nthreads=worker.state.nthreads,
             memory_limit=worker.memory_manager.memory_limit,
             quantum=self.role == "quantum",
+            cost_model=self.cost_model,
         )
         worker.qdask_capabilities = caps  # type: ignore[attr-defined]
         # Latency, bytes sent and per-GPU readings ride on every heartbeat.
