@@ -10,6 +10,10 @@ PYTEST_ARGS ?=
 # once), the longest first (tests/conftest.py). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 XDIST := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+# The suite starts many interpreters (xdist workers, CLIs, MPI ranks, a notebook kernel,
+# jobs): with PYTHONDONTWRITEBYTECODE set, each compiled qdask and rewrote the tests
+# anew (9 of 331 CPU-s of a run). The tests write bytecode caches (__pycache__/, ignored by git).
+BYTECODE := PYTHONDONTWRITEBYTECODE=
 
 .PHONY: demo lint test test-all test-compat bench docs clean qsim-gpu gpu-sdists gpu-wheels
 
@@ -39,10 +43,10 @@ lint: $(VENV)/.stamp-test
 	$(PY) -m mypy qdask plugins
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
+	$(BYTECODE) $(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(VENV)/.stamp-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(BYTECODE) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-test
 	$(PY) benchmarks/run_all.py
