@@ -19,6 +19,7 @@ that use them, for start-up cost: the scheduler imports this module too.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from time import monotonic
@@ -204,6 +205,26 @@ def declare_resources_before_registration(worker: Worker, resources: dict[str, f
     for k, v in resources.items():
         worker.state.total_resources[k] = v
         worker.state.available_resources[k] = v
+
+
+# A worker's heartbeat (``Worker.heartbeat``, run by ``periodic_callbacks["heartbeat"]``)
+# is a call to the scheduler over the worker's connection pool ``worker.rpc``, whose
+# ``occupied[address]`` holds the connections in use (the batched stream is not one
+# of them). ``Worker.close`` stops the periodic callbacks and then closes the pool,
+# which fails a heartbeat still in flight with CommClosedError: the worker logs it as
+# an error, with its traceback ("Failed to communicate with scheduler during
+# heartbeat."), on an ordinary close. Read in 2026.7.1.
+
+
+async def let_heartbeat_finish(worker: Worker, timeout: float) -> None:
+    """Stop ``worker``'s heartbeats and wait, at most ``timeout`` seconds, for its calls to the scheduler in flight."""
+    heartbeat = worker.periodic_callbacks.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.stop()
+    address = worker.scheduler.address
+    deadline = monotonic() + timeout
+    while worker.rpc.occupied.get(address) and monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 # ``distributed.utils.get_mp_context()`` (internal) returns the multiprocessing

@@ -14,6 +14,7 @@ import asyncio
 import importlib.metadata
 import inspect
 import io
+import logging
 import re
 import threading
 import tokenize
@@ -25,9 +26,10 @@ import pytest
 from distributed import Worker, WorkerPlugin
 from distributed.core import Status
 from distributed.scheduler import KilledWorker, Scheduler
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import captured_logger, gen_cluster
 
 from qdask import _compat
+from qdask.worker.plugin import QuantumWorkerPlugin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,6 +245,49 @@ async def test_asyncio_ready_queue_holds_the_callbacks_due(s, a):
     canary(len(due) == before + 1, "distributed",
            "runs workers on a Tornado loop whose asyncio_loop._ready holds the callbacks due",
            "letting the worker's event loop turn while qsim holds the GIL")
+
+
+HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
+
+
+async def close_during_a_slow_heartbeat(s: Scheduler, plugins: list[WorkerPlugin]) -> tuple[bool, str]:
+    """Close a worker while its heartbeat waits on the scheduler: (was it in flight, the worker's log)."""
+    answer = s.handlers["heartbeat_worker"]
+
+    async def slow(**kwargs):
+        await asyncio.sleep(0.5)
+        return answer(**kwargs)
+
+    with captured_logger("distributed.worker", level=logging.ERROR) as log:
+        w = await Worker(s.address, nthreads=1, heartbeat_interval="1h", plugins=plugins)
+        s.handlers["heartbeat_worker"] = slow
+        try:
+            idle = not w.rpc.occupied.get(s.address)
+            beat = asyncio.create_task(w.heartbeat())
+            for _ in range(200):
+                if w.rpc.occupied.get(s.address):
+                    break
+                await asyncio.sleep(0.005)
+            in_flight = idle and bool(w.rpc.occupied.get(s.address))
+            await w.close()
+            await beat
+        finally:
+            s.handlers["heartbeat_worker"] = answer
+    return in_flight, log.getvalue()
+
+
+@gen_cluster(nthreads=[])
+async def test_a_close_fails_the_heartbeat_in_flight_unless_it_may_finish(s):
+    """``Worker.close`` cuts a heartbeat in flight (logged with a traceback); qdask's worker plugin lets it finish."""
+    in_flight, log = await close_during_a_slow_heartbeat(s, [])
+    canary(in_flight, "distributed", "makes heartbeats on the worker.rpc pool (occupied[scheduler] while in flight)",
+           "a closing worker's wait for its last heartbeat")
+    canary(HEARTBEAT_FAILED in log and "Traceback" in log, "distributed",
+           "logs a heartbeat cut by Worker.close as an error with its traceback",
+           "a closing worker's wait for its last heartbeat (else it is not needed)")
+
+    in_flight, log = await close_during_a_slow_heartbeat(s, [QuantumWorkerPlugin()])  # its teardown waits
+    assert in_flight and log == "", log
 
 
 def test_worker_process_of_a_nanny():

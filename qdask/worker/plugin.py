@@ -25,6 +25,8 @@ CAPABILITIES_TOPIC = "qdask-capabilities"
 STARTUP_KEY = "qdask"
 
 ROLES = ("quantum", "classical")
+#: Seconds a closing worker waits for a heartbeat in flight (one takes milliseconds).
+HEARTBEAT_DRAIN = 2.0
 
 
 class QuantumWorkerPlugin(WorkerPlugin):
@@ -107,6 +109,14 @@ class QuantumWorkerPlugin(WorkerPlugin):
             caps.qsim_isa,
             f", {len(caps.gpus)} GPU(s)" if caps.gpus else "",
         )
+
+
+    async def teardown(self, worker: Worker) -> None:
+        # Worker.close removes the plugins before it closes its connections: a heartbeat
+        # still in flight then would fail, and be logged as an error with a traceback
+        # (seen after Ctrl-C of `qdask demo --keep`). No new one; the last may finish.
+        if worker.status == Status.closing:
+            await _compat.let_heartbeat_finish(worker, timeout=HEARTBEAT_DRAIN)
 
 
 # glibc's mallopt parameters (malloc.h).
