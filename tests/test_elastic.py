@@ -33,12 +33,14 @@ REPETITIONS = 50
 # first step and its cooldown even where a new worker starts in 0.2 s (forked
 # with cirq imported, qdask.deploy.forkserver); at 16 qubits the second node
 # was done with all of it before the cooldown ended, and the cluster never
-# stepped to 4.
-CIRCUITS = [
-    cirq.testing.random_circuit(cirq.LineQubit.range(21), n_moments=16, op_density=0.8, random_state=s)
-    + cirq.measure(*cirq.LineQubit.range(21), key="m")
-    for s in range(60)
-]
+# stepped to 4. Built by the burst, not at import: every pytest-xdist worker imports this module.
+BURST_SIZE = 60
+
+
+def burst_circuits() -> list[cirq.Circuit]:
+    q = cirq.LineQubit.range(21)
+    return [cirq.testing.random_circuit(q, n_moments=16, op_density=0.8, random_state=s) + cirq.measure(*q, key="m")
+            for s in range(BURST_SIZE)]
 EXECUTIONS = "qdask-test-executions"
 
 
@@ -169,6 +171,7 @@ def test_dask_jobqueue_manager_is_accepted_with_one_process_per_job():
 # -- the burst ---------------------------------------------------------------------
 @dataclass
 class Burst:
+    circuits: list[cirq.Circuit]
     events: list[ScalingEvent]
     results: list[cirq.Result]
     result_keys: list[str]
@@ -197,7 +200,8 @@ def burst(qc: QuantumCluster) -> Burst:
     es = qc.enable_elastic_scaling(config, interval="200ms", wait_count=2)
     try:
         sampler = qdask.Sampler(client, seed=SEED, simulator="qsim")
-        futures = [sampler.submit(c, repetitions=REPETITIONS) for c in CIRCUITS]
+        circuits = burst_circuits()
+        futures = [sampler.submit(c, repetitions=REPETITIONS) for c in circuits]
         try:
             wait_for(lambda: any(e.to_nodes == 4 for e in es.events(since)), 240, what="the step to 4 nodes")
         finally:
@@ -210,6 +214,7 @@ def burst(qc: QuantumCluster) -> Burst:
     finally:
         es.stop()
     return Burst(
+        circuits=circuits,
         events=es.events(since),
         results=results,
         result_keys=[str(f.key) for f in futures],
@@ -242,7 +247,7 @@ def test_idle_returns_to_min_nodes_stepwise(burst):
 def test_no_result_lost_or_recomputed(burst):
     runs = Counter(m["key"] for m in burst.executions)
     assert {k: n for k, n in runs.items() if n > 1} == {}  # nothing ran twice
-    assert sum(k.startswith("qdask_sample_") for k in runs) == len(CIRCUITS)
+    assert sum(k.startswith("qdask_sample_") for k in runs) == BURST_SIZE
     assert set(burst.result_keys) <= set(runs)
     # Every leave was a retirement, and no computed result went with it ...
     assert len(burst.removals) == 3
@@ -254,5 +259,5 @@ def test_no_result_lost_or_recomputed(burst):
 
 
 def test_results_equal_a_serial_qsim_run(burst):
-    ref = qsimcirq.QSimSimulator(seed=SEED).run_batch(CIRCUITS, repetitions=REPETITIONS)
+    ref = qsimcirq.QSimSimulator(seed=SEED).run_batch(burst.circuits, repetitions=REPETITIONS)
     assert burst.results == [r[0] for r in ref]
