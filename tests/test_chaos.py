@@ -31,7 +31,7 @@ import qdask
 from qdask import ClusterConfig, FaultToleranceConfig, QuantumCluster
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(60)
+pytestmark = pytest.mark.long(51)
 
 
 def worker_pids(qc: QuantumCluster) -> dict[str, int]:

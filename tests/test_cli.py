@@ -26,7 +26,7 @@ from click.testing import CliRunner, Result
 from qdask.cli.main import cli
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(40)
+pytestmark = pytest.mark.long(28)
 
 QDASK = [str(Path(sys.executable).parent / "qdask")]
 

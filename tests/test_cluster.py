@@ -19,7 +19,7 @@ from qdask.quantum.cost import measured_here
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES, detect_gpus
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(15)
+pytestmark = pytest.mark.long(10)
 
 
 def _wait(predicate, timeout=2.0, interval=0.05):

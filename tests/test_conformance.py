@@ -36,7 +36,7 @@ from qdask._compat import scheduler_workers
 from qdask.quantum.backends import QSimGateTooWideError
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(26)
+pytestmark = pytest.mark.long(30)
 
 SEED = 1234
 Q = cirq.LineQubit.range(12)

@@ -30,7 +30,7 @@ from qdask import QuantumCluster
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(20)
+pytestmark = pytest.mark.long(13)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).parent.parent

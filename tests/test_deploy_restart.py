@@ -25,7 +25,7 @@ from qdask._compat import scheduler_workers
 from qdask.worker.discovery import QUANTUM
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(15)
+pytestmark = pytest.mark.long(16)
 
 
 def free_port() -> int:

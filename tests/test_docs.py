@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(55)
+pytestmark = pytest.mark.long(58)
 
 REPO = Path(__file__).parent.parent
 DOCS = REPO / "docs"

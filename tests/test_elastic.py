@@ -24,7 +24,7 @@ from qdask.scheduler.elastic import ElasticSupport, desired_nodes
 from qdask.worker.discovery import QUANTUM
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(35)
+pytestmark = pytest.mark.long(40)
 
 SEED = 2024
 COOLDOWN = 2.0

@@ -36,7 +36,7 @@ from qdask.quantum.execute import unpack_records
 from qdask.scheduler.plugin import NAME as SCHEDULER_PLUGIN
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(35)
+pytestmark = pytest.mark.long(53)
 
 
 def circuits_for(n: int, qubits: int, depth: int, seed0: int = 0) -> list[cirq.Circuit]:

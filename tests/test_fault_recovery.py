@@ -32,7 +32,7 @@ from qdask.quantum.sampler import _by_program
 from qdask.worker.discovery import QUANTUM
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(25)
+pytestmark = pytest.mark.long(27)
 
 SLOT = {QUANTUM: 1}
 

@@ -42,7 +42,7 @@ from qdask.worker.discovery import GPU, QUANTUM, GPUInfo, detect_gpus
 from qdask.worker.plugin import QuantumWorkerPlugin
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(20)
+pytestmark = pytest.mark.long(9)
 
 GiB = 2**30
 # Asked once, of the real NVML: the gpu tests need a device.

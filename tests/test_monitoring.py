@@ -38,7 +38,7 @@ from qdask.monitoring.worker import WorkerMetrics
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES, detect_gpus
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(25)
+pytestmark = pytest.mark.long(29)
 
 QDASK = str(Path(sys.executable).parent / "qdask")
 SV = 2**20  # state-vector bytes a stand-in circuit requests

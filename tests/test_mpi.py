@@ -20,7 +20,7 @@ import pytest
 from qdask.worker.discovery import QUANTUM, STATEVECTOR_BYTES
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(20)
+pytestmark = pytest.mark.long(17)
 
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec.gforker"

@@ -27,7 +27,7 @@ from qdask.deploy.nannies import TOPIC
 from qdask.fault import NodeFailure
 
 #: Seconds this module takes in `make test`: longest first (tests/conftest.py).
-pytestmark = pytest.mark.long(27)
+pytestmark = pytest.mark.long(20)
 
 #: Worker preload: while the file CONTROL holds "n mode" with n > 0, the worker
 #: process decrements n and exits, during its start ("start") or just after it
