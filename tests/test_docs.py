@@ -1,8 +1,8 @@
 """The documentation site: it builds with warnings as errors, and what it says exists.
 
 The example notebooks execute top to bottom against the embedded local cluster,
-once, through the same function the docs build uses (``docs/hooks.py``: a fresh
-kernel per notebook, each cell bounded, clusters on 127.0.0.1); the site is
+once, through the same function the docs build uses (``docs/hooks.py``: one
+kernel, its names reset before each notebook, each cell bounded, clusters on 127.0.0.1); the site is
 built once, from these executed copies, and renders them with their outputs.
 """
 
