@@ -264,7 +264,7 @@ async def close_during_a_slow_heartbeat(s: Scheduler, plugins: list[WorkerPlugin
         try:
             idle = not w.rpc.occupied.get(s.address)
             beat = asyncio.create_task(w.heartbeat())
-            for _ in range(200):
+            for _ in range(1000):  # connected within milliseconds; bounded at 5 s
                 if w.rpc.occupied.get(s.address):
                     break
                 await asyncio.sleep(0.005)
