@@ -22,4 +22,3 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"{what} not met within {timeout} s")
-
